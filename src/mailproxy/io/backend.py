@@ -1,0 +1,194 @@
+"""Connect to a backend and log in there as the client (the proxy in the client role).
+
+Owns: the TCP connect (source IP, several resolved addresses in turn), TLS to the backend
+(ssl=yes|any-cert from the start, starttls=... when the protocol object asks), driving a
+protocol's client-role connection until BackendLoggedIn / BackendLoginFailed, and
+Dovecot's reconnect rules (wire reference §0.2/§0.3):
+
+- each attempt (connect + TLS + banner + login) is bounded by proxy_timeout, re-armed at
+  every connect;
+- CONNECT, REMOTE, PROTOCOL and AUTH_TEMPFAIL failures are retried on the same backend,
+  at most max_reconnects more times, 1 s apart, and not when less than 1.1 s of the
+  timeout (measured from the first connect) would remain;
+- AUTH, INTERNAL and *_CONFIG failures are final.
+
+Where we do better than Dovecot: a host name resolving to several addresses has each tried
+in turn when a connect fails (Dovecot only ever uses the first).
+"""
+
+from __future__ import annotations
+
+
+import os
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+
+from ..protocols import _events as ev
+
+RECONNECT_PAUSE = 1.0        # Dovecot's PROXY_CONNECT_RETRY_MSECS
+RECONNECT_MIN_REMAINING = 1.1
+
+# Failure kinds that Dovecot retries (login-proxy.c proxy_try_reconnect callers).
+RETRIED = {"CONNECT", "REMOTE", "PROTOCOL", "AUTH_TEMPFAIL"}
+
+
+@dataclass(slots=True)
+class BackendTarget:
+    host: str                       # as the passdb gave it (for logs and TLS names)
+    addresses: list[str]            # resolved IPs, tried in turn
+    port: int
+    ssl_mode: str = ""              # "" | "yes" | "any-cert": implicit TLS
+    starttls_mode: str = ""         # "" | "yes" | "any-cert"
+    source_ip: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass(slots=True)
+class BackendLoginOK:
+    stream: trio.abc.Stream
+    event: Any                      # the protocol's BackendLoggedIn
+    trailing: bytes                 # backend bytes after its success reply
+    ip: str
+    port: int
+    local: tuple[str, int]
+    reconnects: int
+    relayed: list[bytes] = field(default_factory=list)
+
+
+class BackendLoginError(Exception):
+    """The backend login failed for good; `kind` is Dovecot's failure type."""
+
+    def __init__(self, kind: str, reason: str, event: Any = None,
+                 relayed: list[bytes] | None = None) -> None:
+        super().__init__(reason)
+        self.kind, self.reason, self.event = kind, reason, event
+        self.relayed = relayed or []
+
+
+async def connect_tcp(ip: str, port: int, source_ip: str | None) -> trio.SocketStream:
+    family = trio.socket.AF_INET6 if ":" in ip else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        if source_ip:
+            sock.bind((source_ip, 0))
+        await sock.connect((ip, port))
+    except BaseException:
+        sock.close()
+        raise
+    stream = trio.SocketStream(sock)
+    return stream
+
+
+async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
+                   contexts: Any, relayed: list[bytes]) -> BackendLoginOK:
+    """One connect + login. Raises BackendLoginError."""
+    try:
+        stream: trio.abc.Stream = await connect_tcp(ip, target.port, target.source_ip)
+    except OSError as e:
+        raise BackendLoginError(
+            "CONNECT", f"connect({ip}, {target.port}) failed: "
+                       f"{os.strerror(e.errno) if e.errno else e}") from None
+    sock_stream = stream
+    local = sock_stream.socket.getsockname()[:2]
+    try:
+        if target.ssl_mode:
+            stream = trio.SSLStream(stream, contexts.for_mode(target.ssl_mode),
+                                    server_hostname=target.host)
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, ssl.SSLError) as e:
+                raise BackendLoginError("CONNECT", f"SSL handshake failed: {_ssl_reason(e)}")
+        conn = make_conn()
+        while True:
+            out = conn.data_to_send()
+            if out:
+                await stream.send_all(out)
+            event = conn.next_event()
+            if event is ev.NEED_DATA:
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError as e:
+                    raise BackendLoginError(
+                        "CONNECT", f"Disconnected by server: {_ssl_reason(e)}") from None
+                if not data:
+                    raise BackendLoginError(
+                        "CONNECT", f"Disconnected by server "
+                                   f"(state={_state(conn)})")
+                conn.receive_data(data)
+            elif isinstance(event, ev.StartTLSRequired):
+                out = conn.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                mode = target.starttls_mode or "yes"
+                stream = trio.SSLStream(stream, contexts.for_mode(mode),
+                                        server_hostname=target.host)
+                try:
+                    await stream.do_handshake()
+                except (trio.BrokenResourceError, ssl.SSLError) as e:
+                    raise BackendLoginError("REMOTE", f"STARTTLS failed: {_ssl_reason(e)}")
+                conn.tls_started()
+            elif isinstance(event, ev.UntaggedRelay):
+                relayed.append(event.line)
+            elif isinstance(event, ev.BackendLoggedIn):
+                return BackendLoginOK(stream, event, conn.trailing_data(), ip, target.port,
+                                      local, 0, relayed)
+            elif isinstance(event, ev.BackendLoginFailed):
+                raise BackendLoginError(event.kind.name, event.reason, event)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+def _state(conn: Any) -> str:
+    return str(getattr(conn, "state_description", getattr(conn, "state", "")))
+
+
+def _ssl_reason(e: BaseException) -> str:
+    cause = e.__cause__ or e
+    return str(getattr(cause, "reason", None) or cause or type(cause).__name__)
+
+
+async def login(target: BackendTarget, make_conn: Callable[[], Any], contexts: Any, *,
+                max_reconnects: int) -> BackendLoginOK:
+    """Log in to the backend with Dovecot's retry rules; returns the logged-in stream."""
+    started = trio.current_time()
+    reconnects = 0
+    addr_index = 0
+    relayed: list[bytes] = []
+    while True:
+        attempt_started = trio.current_time()
+        error: BackendLoginError | None = None
+        with trio.move_on_after(target.timeout) as scope:
+            # A connect that fails outright moves on to the next resolved address at once.
+            for _ in range(len(target.addresses)):
+                ip = target.addresses[addr_index % len(target.addresses)]
+                try:
+                    ok = await _attempt(target, ip, make_conn, contexts, relayed)
+                    ok.reconnects = reconnects
+                    return ok
+                except BackendLoginError as e:
+                    error = e
+                    if e.kind == "CONNECT" and e.reason.startswith("connect("):
+                        addr_index += 1
+                        continue
+                    break
+        if scope.cancelled_caught:
+            secs = int(trio.current_time() - attempt_started)
+            error = BackendLoginError("CONNECT", f"Login timed out (after {secs} secs)")
+        assert error is not None
+        error.relayed = relayed
+        if error.kind not in RETRIED or reconnects >= max_reconnects:
+            raise error
+        elapsed = trio.current_time() - started
+        if elapsed + RECONNECT_MIN_REMAINING > target.timeout:
+            raise error
+        reconnects += 1
+        await trio.sleep(RECONNECT_PAUSE)
+        # Dovecot retries the same ip:port; with several addresses we go on to the next.
+        addr_index += 1
+
+
+

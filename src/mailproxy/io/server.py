@@ -1,0 +1,286 @@
+"""The daemon: listeners, shared context, signals, reload and shutdown.
+
+Owns: ProxyContext (what every session shares and what SIGHUP replaces), the accept loops
+with the total and per-IP connection caps, and the process lifetime (SIGTERM/SIGINT drain
+for shutdown_grace then exit 0; SIGHUP reload without dropping sessions).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import itertools
+import resource
+import signal
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..config import Config, ConfigErrors, Listener, load_config
+from ..log import log
+from ..passdb_setup import build_chain_from_config
+from .session import ClientSession, SessionInfo
+from .tls import BackendContexts, server_context
+
+ACCEPT_BACKOFF = 0.1   # trio's serve_listeners: on EMFILE/ENFILE sleep 100 ms and go on
+SLEEP_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def _can_bind(ip: str) -> bool:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def resolve_source_ips(entries: tuple[str, ...]) -> list[str]:
+    """login_source_ips: `?name` = only the resolved addresses that exist on this host."""
+    out: list[str] = []
+    for entry in entries:
+        if entry.startswith("?"):
+            try:
+                infos = socket.getaddrinfo(entry[1:], None, type=socket.SOCK_STREAM)
+            except OSError:
+                continue
+            for info in infos:
+                ip = info[4][0]
+                if ip not in out and _can_bind(ip):
+                    out.append(ip)
+        else:
+            out.append(entry)
+    return out
+
+
+@dataclass
+class ProxyContext:
+    """Everything sessions share. SIGHUP builds a new one; running sessions keep theirs."""
+
+    config: Config
+    chain: Any
+    server_tls: ssl.SSLContext | None
+    backend_tls: BackendContexts
+    hostname: str
+    source_ips: list[str]
+    sessions: set[SessionInfo] = field(default_factory=set)
+    _source_cycle: Any = None
+
+    def __post_init__(self) -> None:
+        self._source_cycle = itertools.cycle(self.source_ips) if self.source_ips else None
+        self._self_ips = {str(ipaddress.ip_address(ip)) for ip in self.config.proxy_self}
+        for li in self.config.listeners:
+            if li.bind.host not in ("0.0.0.0", "::", ""):
+                self._self_ips.add(li.bind.host)
+
+    def next_source_ip(self) -> str | None:
+        return next(self._source_cycle) if self._source_cycle else None
+
+    def is_local_ip(self, ip: str) -> bool:
+        return ip in self._self_ips or _can_bind(ip)
+
+    def is_self(self, ip: str, local_ip: str) -> bool:
+        """auth_proxy_self: the address the client reached, or a listener/proxy_self IP."""
+        return ip == local_ip or ip in self._self_ips
+
+    async def resolve(self, host: str, hostip: str | None) -> list[str]:
+        if hostip:
+            return [hostip]
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            pass
+        infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        out: list[str] = []
+        for info in infos:
+            ip = info[4][0]
+            if ip not in out:
+                out.append(ip)
+        if not out:
+            raise OSError(f"no addresses for {host}")
+        return out
+
+    async def aclose(self) -> None:
+        await self.chain.aclose()
+
+
+async def build_context(config: Config) -> ProxyContext:
+    chain = await build_chain_from_config(config)
+    server_tls = None
+    if config.tls is not None and config.tls.cert_file and config.tls.key_file:
+        server_tls = server_context(config.tls)
+    backend_tls = BackendContexts(config.tls)
+    hostname = config.hostname or await trio.to_thread.run_sync(socket.getfqdn)
+    source_ips = await trio.to_thread.run_sync(resolve_source_ips, config.source_ips)
+    return ProxyContext(config, chain, server_tls, backend_tls, hostname, source_ips)
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft descriptor limit to the hard one (nginx's worker_rlimit_nofile):
+    every proxied session holds two sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class Daemon:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.ctx: ProxyContext | None = None
+        self.per_ip: dict[str, int] = {}
+        self.total = 0
+        self.listeners: dict[tuple[str, int, str, str, bool], tuple[Any, trio.CancelScope]] = {}
+        self.sessions_nursery: trio.Nursery | None = None
+        self.session_scopes: set[trio.CancelScope] = set()
+        self.ready = trio.Event()
+
+    async def run(self, config: Config) -> int:
+        limit = raise_nofile_limit()
+        log.info("master: trio-mailproxy starting; open files limit %d "
+                 "(about %d proxied sessions)", limit, max(0, (limit - 64) // 2))
+        self.ctx = await build_context(config)
+        # Signals are caught before the first accept, so a SIGTERM right after start-up
+        # still drains cleanly instead of killing the process.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async with trio.open_nursery() as sessions:
+                self.sessions_nursery = sessions
+                async with trio.open_nursery() as accept:
+                    self.accept_nursery = accept
+                    await self.start_listeners(config)
+                    self.ready.set()
+                    stop = await self.wait_signals(sigs)
+                    accept.cancel_scope.cancel()
+                # Listeners are closed: drain sessions for shutdown_grace, then cancel.
+                if self.session_scopes:
+                    log.info("master: stopping; %d sessions draining for up to %gs",
+                             len(self.session_scopes), self.ctx.config.shutdown_grace)
+                with trio.move_on_after(self.ctx.config.shutdown_grace):
+                    while self.session_scopes:
+                        await trio.sleep(0.05)
+                sessions.cancel_scope.cancel()
+        await self.ctx.aclose()
+        log.info("master: stopped (%s)", stop)
+        return 0
+
+    async def wait_signals(self, sigs: Any) -> str:
+        async for sig in sigs:
+            if sig == signal.SIGHUP:
+                await self.reload()
+            else:
+                return signal.Signals(sig).name
+        return "signal stream ended"
+
+    async def reload(self) -> None:
+        try:
+            config = await trio.to_thread.run_sync(load_config, self.config_path)
+            new_ctx = await build_context(config)
+        except ConfigErrors as e:
+            for err in e.errors:
+                log.error("config: reload failed, keeping the old config: %s", err)
+            return
+        except Exception as e:   # e.g. a TLS key that does not load
+            log.error("config: reload failed, keeping the old config: %s", e)
+            return
+        old = self.ctx
+        assert old is not None
+        new_ctx.sessions = old.sessions
+        self.ctx = new_ctx
+        await self.start_listeners(config)
+        log.info("config: reloaded %s", self.config_path)
+        # The old passdb chain may still be in use by sessions logging in right now; it is
+        # closed when they are done with it (drivers close their pools on garbage).
+
+    def _key(self, li: Listener) -> tuple[str, int, str, str, bool]:
+        return (li.bind.host, li.bind.port, li.protocol, li.tls, li.proxy_protocol)
+
+    async def start_listeners(self, config: Config) -> None:
+        wanted = {self._key(li): li for li in config.listeners}
+        for key in list(self.listeners):
+            if key not in wanted:
+                _, scope = self.listeners.pop(key)
+                scope.cancel()
+        for key, li in wanted.items():
+            if key in self.listeners:
+                continue
+            sockets = await trio.open_tcp_listeners(li.bind.port, host=li.bind.host or None)
+            scope = trio.CancelScope()
+            self.listeners[key] = (sockets, scope)
+            for lsock in sockets:
+                self.accept_nursery.start_soon(self.accept_loop, li, lsock, scope)
+            log.info("master: listening on %s (%s, tls=%s)", li.bind, li.protocol, li.tls)
+
+    async def accept_loop(self, li: Listener, lsock: trio.SocketListener,
+                          scope: trio.CancelScope) -> None:
+        with scope:
+            async with lsock:
+                while True:
+                    try:
+                        stream = await lsock.accept()
+                    except OSError as e:
+                        if e.errno in SLEEP_ERRNOS:
+                            log.error("master: accept() failed: %s; retrying in 100 ms", e)
+                            await trio.sleep(ACCEPT_BACKOFF)
+                            continue
+                        raise
+                    assert self.sessions_nursery is not None
+                    self.sessions_nursery.start_soon(self.handle, li, stream)
+
+    async def handle(self, li: Listener, stream: trio.SocketStream) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        try:
+            peer = stream.socket.getpeername()
+            local = stream.socket.getsockname()
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        ip = peer[0]
+        limits = ctx.config.limits
+        if self.total >= limits.max_connections or \
+                self.per_ip.get(ip, 0) >= limits.max_connections_per_ip:
+            # Over a cap: say so in the protocol's own words and close.
+            log.warning("master: connection limit reached (rip=%s): closing", ip)
+            with trio.move_on_after(1):
+                try:
+                    await stream.send_all(b"* BYE [UNAVAILABLE] Too many connections, "
+                                          b"try again later.\r\n")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            await trio.aclose_forcefully(stream)
+            return
+        self.total += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        scope = trio.CancelScope()
+        self.session_scopes.add(scope)
+        session = ClientSession(ctx, li, stream, peer[:2], local[:2])
+        try:
+            with scope:
+                await session.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+        except Exception:
+            log.exception("master: internal error in session %s", session.info.session_id)
+        finally:
+            self.session_scopes.discard(scope)
+            self.total -= 1
+            n = self.per_ip[ip] - 1
+            if n:
+                self.per_ip[ip] = n
+            else:
+                del self.per_ip[ip]
+            await trio.aclose_forcefully(session.stream)
+
+
+def run_daemon(config_path: str, config: Config) -> int:
+    daemon = Daemon(config_path)
+    return trio.run(daemon.run, config)

@@ -1,0 +1,429 @@
+"""One client session: pre-login dialogue, passdb, backend login, relay.
+
+Owns: the order of a login (the protocol object says what the client asked; this module
+decides, asks the passdb, logs in to the backend, and answers), the login deadline, the
+failure delay, chained-proxy trust, and the Dovecot-shaped log lines of a session.
+Protocol bytes are never built here: every reply comes from the protocol object.
+
+One session = one task (spawned by the listener's nursery); the backend login and relay
+run inside it, so cancelling the session (shutdown, kick) cancels everything it started.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .. import log as logmod
+from ..log import log
+from ..passdb.base import AuthOutcome, LookupRequest
+from ..passdb.fields import RoutingError, routing_decision
+from ..protocols import _events as ev
+from ..protocols import imap
+from ..protocols._errors import RemoteProtocolError
+from ..protocols.forwarding import ForwardedFields, from_imap_id, new_session_id
+from . import backend as backend_mod
+from .relay import relay
+from .tls import start_tls_server
+
+if TYPE_CHECKING:
+    from .server import ProxyContext
+    from ..config import Listener
+
+# Dovecot's fresh-client TTL (wire reference §0.4): the proxy sends TTL-1.
+FRESH_TTL = 5
+PROTOCOL_DEFAULT_PORTS = {"imap": (143, 993)}
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """What `list`/`kick` and the logs know of a session."""
+    protocol: str
+    remote_ip: str
+    remote_port: int
+    local_ip: str
+    local_port: int
+    session_id: str
+    user: str | None = None
+    backend: str = ""
+    backend_port: int = 0
+    user_fields: dict[str, str] = field(default_factory=dict)
+    cancel_scope: trio.CancelScope | None = None
+
+    @property
+    def login_vars_rip(self) -> str:
+        return self.remote_ip
+
+
+def _ip_in(ip: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
+def _plain_ip(ip: str) -> str:
+    """`::ffff:1.2.3.4` → `1.2.3.4` (dual-stack listeners)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if addr.version == 6 and addr.ipv4_mapped:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+class ClientSession:
+    def __init__(self, ctx: "ProxyContext", listener: "Listener", stream: trio.abc.Stream,
+                 peer: tuple[str, int], local: tuple[str, int]) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.stream: trio.abc.Stream = stream
+        cfg = ctx.config
+        rip, rport = _plain_ip(peer[0]), peer[1]
+        lip, lport = _plain_ip(local[0]), local[1]
+        self.real_remote_ip = rip
+        self.trusted = _ip_in(rip, cfg.trusted_networks)
+        now_us = int(time.time() * 1_000_000)
+        self.forwarded = ForwardedFields(
+            session_id=new_session_id(rip, rport, now_us),
+            originating_ip=rip, originating_port=rport,
+            connected_ip=lip, connected_port=lport, ttl=FRESH_TTL)
+        self.info = SessionInfo(listener.protocol, rip, rport, lip, lport,
+                                self.forwarded.session_id)
+        self.tls_active = False
+        self.id_seen = False
+        self.auth_attempts = 0
+        self.started = trio.current_time()
+        self.last_user: str | None = None
+        self.last_method: str | None = None
+
+    # --- helpers -------------------------------------------------------------------
+
+    @property
+    def secured(self) -> bool:
+        # Dovecot: TLS, or the client address equals the local address, or trusted.
+        # (Another 127.x address is NOT secured.)
+        f = self.forwarded
+        return (self.tls_active or self.trusted
+                or f.originating_ip == f.connected_ip)
+
+    def vars(self, user: str | None = None, method: str | None = None, **extra: object) -> str:
+        f = self.forwarded
+        return logmod.login_vars(user, method, f.originating_ip, f.connected_ip,
+                                 f.session_id, **extra)
+
+    async def send(self, data: bytes) -> None:
+        if data:
+            await self.stream.send_all(data)
+
+    # --- the session -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.ctx.config
+        conn = None
+        ok: backend_mod.BackendLoginOK | None = None
+        end_reason = "Disconnected"
+        try:
+            with trio.move_on_after(cfg.limits.login_timeout) as login_scope:
+                if self.listener.tls == "implicit":
+                    assert self.ctx.server_tls is not None
+                    self.stream = await start_tls_server(self.stream, self.ctx.server_tls)
+                    self.tls_active = True
+                conn = self.new_server_connection()
+                await self.send(conn.data_to_send())
+                ok = await self.login_dialogue(conn)
+            if login_scope.cancelled_caught:
+                end_reason = "Disconnected: Inactivity"
+                if conn is not None:
+                    with trio.move_on_after(1):
+                        await self.send(conn.send(ev.Bye("Disconnected for inactivity.")))
+                log.info("%s-login: %s (%s): %s", self.info.protocol, end_reason,
+                         self._attempts_text(), self.vars(self.last_user, self.last_method))
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("%s-login: Disconnected (%s): %s", self.info.protocol,
+                     self._attempts_text(), self.vars(self.last_user, self.last_method))
+            return
+        if ok is None:
+            return
+        try:
+            await self.proxy(conn, ok)
+        finally:
+            await trio.aclose_forcefully(ok.stream)
+
+    def _attempts_text(self) -> str:
+        secs = int(trio.current_time() - self.started)
+        if self.auth_attempts:
+            return f"auth failed, {self.auth_attempts} attempts in {secs} secs"
+        return f"no auth attempts in {secs} secs"
+
+    def new_server_connection(self) -> Any:
+        cfg = self.ctx.config
+        return imap.ServerConnection(
+            greeting=cfg.login_greeting,
+            tls_available=self.ctx.server_tls is not None and self.listener.tls != "none",
+            tls_active=self.tls_active,
+            secured=self.secured,
+            disable_plaintext_auth=cfg.auth.disable_plaintext_auth,
+            mechanisms=cfg.auth.mechanisms,
+            capability_override=cfg.imap_capability or None,
+            max_line_length=cfg.limits.max_line_length,
+            max_literal_size=cfg.limits.max_literal_size,
+            hostname=self.ctx.hostname,
+        )
+
+    async def login_dialogue(self, conn: Any) -> backend_mod.BackendLoginOK | None:
+        """Serve pre-login commands until a backend login succeeds or the client leaves."""
+        while True:
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as e:
+                await self.send(conn.data_to_send())
+                await self.send(e.reply)
+                log.info("%s-login: Disconnected: %s (%s): %s", self.info.protocol, e,
+                         self._attempts_text(), self.vars(self.last_user, self.last_method))
+                return None
+            await self.send(conn.data_to_send())
+            if event is ev.NEED_DATA:
+                data = await self.stream.receive_some(65536)
+                conn.receive_data(data)   # b"" = EOF: the connection ends itself
+            elif isinstance(event, ev.StartTLSRequested):
+                assert self.ctx.server_tls is not None
+                self.stream = await start_tls_server(self.stream, self.ctx.server_tls)
+                self.tls_active = True
+                conn.tls_started()
+                await self.send(conn.data_to_send())
+            elif isinstance(event, ev.ClientIdentified):
+                self.client_identified(event)
+            elif isinstance(event, ev.AuthRequested):
+                ok = await self.authenticate(conn, event.credentials)
+                if ok is not None:
+                    return ok
+            elif isinstance(event, ev.ConnectionEnded):
+                await self.send(conn.data_to_send())
+                log.info("%s-login: Disconnected: %s (%s): %s", self.info.protocol,
+                         event.reason, self._attempts_text(),
+                         self.vars(self.last_user, self.last_method))
+                return None
+
+    def client_identified(self, event: Any) -> None:
+        # Wire §1.5: only the first ID from a trusted peer is believed.
+        if self.id_seen:
+            return
+        self.id_seen = True
+        if not self.trusted:
+            return
+        self.forwarded = from_imap_id(event.pairs, self.forwarded)
+        self.info.remote_ip = self.forwarded.originating_ip
+        self.info.remote_port = self.forwarded.originating_port
+        self.info.session_id = self.forwarded.session_id
+
+    # --- authentication ---------------------------------------------------------------
+
+    async def authenticate(self, conn: Any, creds: Any) -> backend_mod.BackendLoginOK | None:
+        cfg = self.ctx.config
+        f = self.forwarded
+        user, master = creds.authcid, None
+        if creds.authzid and creds.authzid != creds.authcid:
+            # SASL: authorization id = the user to log in as; authentication id = master.
+            user, master = creds.authzid, creds.authcid
+        elif cfg.auth.master_user_separator and cfg.auth.master_user_separator in user:
+            user, master = user.split(cfg.auth.master_user_separator, 1)
+        method = creds.mechanism
+        self.last_user, self.last_method = user, method
+        self.auth_attempts += 1
+        request = LookupRequest(
+            user=user, password=creds.password or creds.token, protocol=self.info.protocol,
+            remote_ip=f.originating_ip, remote_port=f.originating_port,
+            local_ip=f.connected_ip, local_port=f.connected_port,
+            session_id=f.session_id, mechanism=method, secured=self.secured,
+            forward_fields=f.forward, master_user=master)
+        result = await self.ctx.chain.authenticate(request)
+        fields = dict(result.fields)
+        # PasswordDatabase.ExtraFields.NoDelay: any value means "answer at once".
+        nodelay = "nodelay" in fields
+
+        if result.outcome is AuthOutcome.TEMPFAIL:
+            log.warning("%s-login: Login failed (temporary passdb failure%s): %s",
+                        self.info.protocol, f": {result.reason}" if result.reason else "",
+                        self.vars(user, method))
+            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.TEMPFAIL)))
+            return None
+        if result.outcome is not AuthOutcome.OK:
+            if not nodelay:
+                await trio.sleep(cfg.auth.failure_delay)
+            log.info("%s-login: Login failed (auth failed, %d attempts): %s",
+                     self.info.protocol, self.auth_attempts, self.vars(user, method))
+            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.AUTH_FAILED,
+                                                    text=fields.get("reason"))))
+            return None
+
+        try:
+            decision = routing_decision(result, request, is_self=self.ctx.is_self,
+                                        listener_port=self.listener.bind.port)
+        except RoutingError as e:
+            log.error("%s-login: proxy(%s): Invalid passdb fields: %s: %s",
+                      self.info.protocol, user, e, self.vars(user, method))
+            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.TEMPFAIL)))
+            return None
+        self.last_user = result.user
+        user = result.user
+
+        if decision.nologin:
+            if decision.host and not decision.proxy:
+                referral = ev.Referral(destuser=decision.destuser, host=decision.host,
+                                       port=decision.port, reason=decision.reason,
+                                       mechanism=method)
+                await self.send(conn.send(ev.AuthFailed(ev.FailureKind.REFERRAL,
+                                                        referral=referral)))
+            else:
+                await self.send(conn.send(ev.AuthFailed(ev.FailureKind.NOLOGIN,
+                                                        text=decision.reason)))
+            log.info("%s-login: Login refused (nologin): %s", self.info.protocol,
+                     self.vars(user, method))
+            return None
+        if not decision.proxy:
+            # A pure proxy has no local mailboxes: a user that is not proxied (no proxy
+            # field, or proxy_maybe pointing at ourselves) cannot be served here.
+            why = ("proxy_maybe points to this host" if decision.proxy_maybe
+                   else "passdb gave no proxy field")
+            log.error("%s-login: proxy(%s): Not proxying: %s, and this proxy has no local "
+                      "mail service: %s", self.info.protocol, user, why,
+                      self.vars(user, method))
+            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.TEMPFAIL)))
+            return None
+        if decision.delay_until is not None:
+            wait = decision.delay_until - time.time()
+            if wait > 0:
+                await trio.sleep(wait)
+        return await self.login_backend(conn, user, method, decision, creds)
+
+    async def login_backend(self, conn: Any, user: str, method: str, decision: Any,
+                            creds: Any) -> backend_mod.BackendLoginOK | None:
+        cfg = self.ctx.config
+        f = self.forwarded
+        proto = self.info.protocol
+        prefix = f"{proto}-login: proxy({user},{{ip}}:{decision.port})"
+        if f.ttl <= 1:
+            log.error("%s: Aborting due to remote server: TTL reached zero - proxies appear "
+                      "to be looping?", prefix.format(ip=decision.hostip or decision.host))
+            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.CONFIG)))
+            return None
+        try:
+            addresses = await self.ctx.resolve(decision.host, decision.hostip)
+        except OSError as e:
+            log.error("%s-login: DNS lookup for %s failed: %s: %s", proto, decision.host,
+                      e, self.vars(user, method))
+            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.TEMPFAIL)))
+            return None
+        for ip in addresses:
+            if (self.ctx.is_local_ip(ip) and decision.port == f.connected_port
+                    and decision.destuser == user and ip == f.connected_ip):
+                log.error("%s: Proxying loops to itself", prefix.format(ip=ip))
+                await self.send(conn.send(ev.AuthFailed(ev.FailureKind.UNAVAILABLE)))
+                return None
+        target = backend_mod.BackendTarget(
+            host=decision.host, addresses=addresses, port=decision.port,
+            ssl_mode=decision.ssl or "", starttls_mode=decision.starttls or "",
+            source_ip=decision.source_ip or self.ctx.next_source_ip(),
+            timeout=decision.proxy_timeout or cfg.proxy_timeout)
+        backend_forwarded = f.with_forward(decision.forward) if decision.forward else f
+        login = ev.BackendLogin(
+            destuser=decision.destuser,
+            password=decision.password,
+            master_user=decision.master or None,
+            mechanism=decision.proxy_mech or None,
+            starttls=bool(decision.starttls),
+            nopipelining=decision.nopipelining,
+            not_trusted=decision.not_trusted,
+            forwarded=backend_forwarded,
+            client_sent_capability=getattr(conn, "client_sent_capability", False),
+            token=creds.token,
+        )
+        self.info.user = user
+        self.info.backend = addresses[0]
+        self.info.backend_port = decision.port
+        self.info.user_fields = dict(decision.user_fields)
+        started = trio.current_time()
+        try:
+            ok = await backend_mod.login(target, lambda: imap.ClientConnection(login),
+                                         self.ctx.backend_tls,
+                                         max_reconnects=cfg.max_reconnects)
+        except backend_mod.BackendLoginError as e:
+            for line in e.relayed:
+                await self.send(line)
+            ip = target.addresses[0]
+            secs = trio.current_time() - started
+            if e.kind in ("AUTH", "AUTH_TEMPFAIL"):
+                log.info("%s: Login failed: %s (after %d secs)", prefix.format(ip=ip),
+                         e.reason, int(secs))
+                await self.send(conn.send(ev.AuthFailed(ev.FailureKind.BACKEND,
+                                                        backend=e.event)))
+            else:
+                pre = {"INTERNAL": "Aborting due to internal error: ",
+                       "REMOTE": "Aborting due to remote server: ",
+                       "REMOTE_CONFIG": "Aborting due to remote server: ",
+                       "PROTOCOL": "Remote server sent invalid input: "}.get(e.kind, "")
+                log.error("%s: %s%s (after %d secs)", prefix.format(ip=ip), pre, e.reason,
+                          int(secs))
+                kind = (ev.FailureKind.CONFIG if e.kind.endswith("_CONFIG")
+                        else ev.FailureKind.UNAVAILABLE)
+                await self.send(conn.send(ev.AuthFailed(kind)))
+            return None
+        for line in ok.relayed:
+            await self.send(line)
+        await self.send(conn.send(ev.AuthSucceeded(ok.event)))
+        self.info.backend = ok.ip
+        timing = f"{trio.current_time() - started:.3f} secs"
+        if ok.reconnects:
+            timing += f", {ok.reconnects} reconnects"
+        host_text = f" ({decision.host})" if decision.host != ok.ip else ""
+        as_user = f" as user {decision.destuser}" if decision.destuser != user else ""
+        master = f" (master {decision.master})" if decision.master else ""
+        log.info("%s: Started proxying to <%s>%s%s%s (%s): %s",
+                 prefix.format(ip=ok.ip), ok.ip, host_text, as_user, master, timing,
+                 self.vars(user, method))
+        self.log_prefix = prefix.format(ip=ok.ip)
+        self.log_user, self.log_method = user, method
+        return ok
+
+    # --- after login -----------------------------------------------------------------
+
+    async def proxy(self, conn: Any, ok: backend_mod.BackendLoginOK) -> None:
+        scope = trio.CancelScope()
+        self.info.cancel_scope = scope
+        self.ctx.sessions.add(self.info)
+        client_pending = conn.trailing_data()
+        # Login-time objects are not needed any more: drop them before the long relay.
+        conn = None
+        result = None
+        reason = ""
+        try:
+            with scope:
+                result = await relay(self.stream, ok.stream, client_pending, ok.trailing)
+            if scope.cancelled_caught:
+                reason = getattr(self.info, "kick_reason", "") or "Process shutting down"
+        finally:
+            self.ctx.sessions.discard(self.info)
+            if result is None:
+                who = f"Disconnected by proxy: {reason or 'Process shutting down'}"
+                log.info("%s: %s: %s", self.log_prefix, who,
+                         self.vars(self.log_user, self.log_method))
+        if result is not None:
+            idle = int(trio.current_time() - result.last_activity)
+            who = {"client": "Disconnected by client", "server": "Disconnected by server"}\
+                .get(result.closed_by, "Disconnected by proxy")
+            err = f": {result.error}" if result.error else ""
+            log.info("%s: %s%s (%ds idle, in=%d, out=%d): %s", self.log_prefix, who, err,
+                     idle, result.client_bytes, result.server_bytes,
+                     self.vars(self.log_user, self.log_method))

@@ -1,0 +1,56 @@
+"""Logging set-up and Dovecot-shaped log lines.
+
+Owns: the stderr handler (text or JSON) and the helpers that build the line shapes
+operators grep for (`proxy(USER,IP:PORT): Started proxying to ...`, `Disconnected ...:
+user=<...>, rip=..., lip=..., session=<...>`). Nothing here ever receives a password:
+callers pass user names and addresses only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+LOGGER_NAME = "mailproxy"
+log = logging.getLogger(LOGGER_NAME)
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        })
+
+
+def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger(LOGGER_NAME)
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def login_vars(user: str | None, method: str | None, rip: str, lip: str, session: str,
+               **extra: object) -> str:
+    """Dovecot's login_log_format_elements, in its order."""
+    parts = []
+    if user is not None:
+        parts.append(f"user=<{user}>")
+    if method:
+        parts.append(f"method={method}")
+    parts.append(f"rip={rip}")
+    parts.append(f"lip={lip}")
+    for key, value in extra.items():
+        parts.append(f"{key}={value}")
+    parts.append(f"session=<{session}>")
+    return ", ".join(parts)
