@@ -20,6 +20,7 @@ PROTOCOLS = ("imap", "pop3", "submission", "lmtp", "managesieve")
 # message rather than accepted and silently not served.
 SUPPORTED_PROTOCOLS = ("imap",)
 TLS_MODES = ("none", "starttls", "implicit")
+DEFAULT_MECHANISMS = ("PLAIN", "LOGIN")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,7 +70,7 @@ class TLSConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS
     disable_plaintext_auth: bool = True
     master_user_separator: str = ""
     failure_delay: float = 2.0
@@ -372,7 +373,7 @@ class _Loader:
 
         r = _Reader(self, "auth", 0, self.table(data, "auth"))
         mechs = tuple(m.upper() for m in r.strings("mechanisms")) if "mechanisms" in r.data \
-            else AuthConfig.mechanisms
+            else DEFAULT_MECHANISMS
         known = {"PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"}
         for m in mechs:
             if m not in known:
