@@ -66,18 +66,22 @@ if ((${#missing[@]})); then
 fi
 
 # A packaged (system) Dovecot must not run: it takes the standard ports and its own
-# /run/dovecot. Only that one is stopped: private test instances (configs under
-# /tmp/mailproxy-dc-*) are left alone, so running this during a demo is harmless.
+# /run/dovecot. Only that one is stopped: a master started with the system config (no -c,
+# or -c under /etc/dovecot). Private instances (tests, demo, benchmarks: -c elsewhere)
+# are left alone, so running this while they run is harmless.
 if [[ $EUID -eq 0 ]]; then
     for dir in /proc/[0-9]*; do
         [[ $(cat "$dir/comm" 2>/dev/null || true) == dovecot ]] || continue
         pid=${dir#/proc/}
-        cmdline=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null || true)
-        [[ $cmdline == *mailproxy-dc-* ]] && continue  # a private test/demo instance
-        ppid=$(awk '{print $4}' "$dir/stat" 2>/dev/null || echo 0)
-        # A child of some dovecot master goes away with its master.
-        [[ $(cat "/proc/$ppid/comm" 2>/dev/null || true) == dovecot ]] && continue
-        log "stopping system dovecot (pid $pid: $cmdline)"
+        mapfile -d '' -t argv <"$dir/cmdline" 2>/dev/null || continue
+        config=""
+        for ((i = 1; i < ${#argv[@]}; i++)); do
+            if [[ ${argv[i]} == -c ]]; then
+                config=${argv[i + 1]:-}
+            fi
+        done
+        [[ -z $config || $config == /etc/dovecot/* ]] || continue
+        log "stopping system dovecot (pid $pid: ${argv[*]})"
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break

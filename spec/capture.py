@@ -575,6 +575,8 @@ LOG_RES = [
     (re.compile(r"\b\d+\.\d+ secs\b"), "{secs} secs"),
     (re.compile(r"\bafter \d+ secs\b"), "after {n} secs"),
     (re.compile(r"\bin \d+ secs\b"), "in {n} secs"),
+    (re.compile(r"\(\d+s idle"), "({n}s idle"),
+    (re.compile(r"duration=\d+s"), "duration={n}s"),
     (re.compile(r"local=[\d.]+:\d+"), "local={local}"),
     (re.compile(r"session=<[^>]*>"), "session=<{session}>"),
     (re.compile(r"mpid=\d+"), "mpid={mpid}"),
