@@ -47,17 +47,23 @@ async def _pump(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream, result: R
 
 async def relay(client: trio.abc.Stream, server: trio.abc.Stream,
                 client_pending: bytes = b"", server_pending: bytes = b"") -> RelayResult:
-    """Pump both directions until one ends. `client_pending` are bytes the client sent
+    """Pump both directions until one ends, then close both. `client_pending` are bytes the client sent
     behind its login command (they go to the server first); `server_pending` are bytes the
     backend sent behind its login reply."""
     result = RelayResult()
-    if client_pending:
-        await server.send_all(client_pending)
-        result.client_bytes += len(client_pending)
-    if server_pending:
-        await client.send_all(server_pending)
-        result.server_bytes += len(server_pending)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_pump, client, server, result, "client", nursery.cancel_scope)
-        nursery.start_soon(_pump, server, client, result, "server", nursery.cancel_scope)
+    try:
+        if client_pending:
+            await server.send_all(client_pending)
+            result.client_bytes += len(client_pending)
+        if server_pending:
+            await client.send_all(server_pending)
+            result.server_bytes += len(server_pending)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, client, server, result, "client", nursery.cancel_scope)
+            nursery.start_soon(_pump, server, client, result, "server", nursery.cancel_scope)
+    finally:
+        # One side ended: the other is closed at once (no half-open sessions), and a
+        # cancelled relay (kick, shutdown) closes both.
+        await trio.aclose_forcefully(client)
+        await trio.aclose_forcefully(server)
     return result
