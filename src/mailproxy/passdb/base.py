@@ -301,15 +301,29 @@ class _Auth:
     skip_password_check: bool = False
     passdb_success: bool = False
     seen_internal_failure: bool = False
-    detail: str = ""
+    seen_user: bool = False          # some passdb knew the user (wrong password...)
+    details: list[str] = field(default_factory=list)
     tempfail_detail: str = ""
     passdb_id: int = 0
+
+    @property
+    def detail(self) -> str:
+        return self.details[-1] if self.details else ""
+
+    @detail.setter
+    def detail(self, text: str) -> None:
+        self.details.append(text)
 
     def state(self) -> LookupState:
         return LookupState(
             request=self.request, user=self.user, original_user=self.original_user,
             login_user=self.login_user, master_user=self.master_user,
             fields=MappingProxyType(dict(self.fields)), passdb_id=self.passdb_id)
+
+
+def _join(details: list[str]) -> str:
+    """Every passdb's reason for the log, in order, without repeats."""
+    return "; ".join(dict.fromkeys(d for d in details if d))
 
 
 def _is_in_nets(remote_ip: str, networks: str) -> tuple[bool, str]:
@@ -489,6 +503,8 @@ class PassdbChain:
     def _handle_result(self, p: _Passdb, a: _Auth, result: _R, chain: list[_Passdb],
                        index: int, snapshot: dict[str, str]):  # type: ignore[no-untyped-def]
         """auth_request_handle_passdb_callback(): apply the result rules."""
+        if result in (_R.OK, _R.PASSWORD_MISMATCH):
+            a.seen_user = True
         if a.failed:
             # The passdb worked but one of its fields refused (allow_nets...): fail this
             # lookup, let the next passdb try.
@@ -583,14 +599,17 @@ class PassdbChain:
         elif result is _R.INTERNAL_FAILURE:
             outcome = AuthOutcome.TEMPFAIL
             detail = a.tempfail_detail or a.detail
-        elif result is _R.USER_UNKNOWN and a.master_user is None and a.login_user is None:
+        elif (result is _R.USER_UNKNOWN and not a.seen_user and a.master_user is None
+              and a.login_user is None):
+            # Dovecot answers a plain FAIL either way; NOUSER means no passdb knew the
+            # user at all (what an LMTP lookup needs).
             outcome = AuthOutcome.NOUSER
-            detail = a.detail or "unknown user"
+            detail = _join(a.details) or "unknown user"
         else:
             # mismatch, or a master user who may not log in as this user (AUTHZFAILED)
             outcome = AuthOutcome.FAILED
-            detail = a.detail or ("Password mismatch" if result is _R.PASSWORD_MISMATCH
-                                  else "unknown user")
+            detail = _join(a.details) or ("Password mismatch"
+                                          if result is _R.PASSWORD_MISMATCH else "unknown user")
         return PassdbResult(outcome, a.user, fields, reason=reason,
                             master_user=a.master_user, detail=detail)
 
