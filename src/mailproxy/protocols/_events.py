@@ -279,13 +279,16 @@ class StartTLSRequired(Event):
 
 @dataclass(frozen=True, slots=True)
 class UntaggedRelay(Event):
-    """An untagged backend line (without CRLF) that Dovecot relays to the client during the
-    login (e.g. ``* OK [ALERT] ...``). ``imap.ServerConnection.send(event)`` renders it."""
+    """An untagged backend line that Dovecot relays to the client during the login (e.g.
+    ``* OK [ALERT] ...``): ``line`` is the exact bytes to send, CRLF included (so is
+    ``imap.ServerConnection.send(event)``)."""
 
     line: bytes
 
     def __post_init__(self) -> None:
-        _check_line("line", self.line, kind=bytes)
+        if not isinstance(self.line, bytes) or not self.line.endswith(b"\r\n"):
+            _fail("line must be bytes ending in CRLF")
+        _check_line("line", self.line[:-2], kind=bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,9 +362,11 @@ class Referral:
     host: str
     port: int = 143
     reason: str | None = None
+    mechanism: str | None = None   # None: the mechanism the client used
 
     def __post_init__(self) -> None:
         _check_line("destuser", self.destuser)
+        _check_line("mechanism", self.mechanism, optional=True)
         _check_line("host", self.host)
         if not self.host or any(c in self.host for c in " /@"):
             _fail("host must be a non-empty host name or IP")

@@ -230,8 +230,7 @@ class LineReader:
         """Parse ``{digits}`` / ``{digits+}`` ending at *end*, preceded by SP or "(".
         Returns (size, synchronizing) or None."""
         buf = self._buf
-        lo = max(seg_start, end - _MAX_LITERAL_DIGITS - 3)
-        brace = buf.rfind(b"{", lo, end)
+        brace = buf.rfind(b"{", seg_start, end)
         if brace <= seg_start or buf[brace - 1] not in (0x20, 0x28):
             return None
         inner = bytes(buf[brace + 1:end - 1])
@@ -241,7 +240,7 @@ class LineReader:
             sync = False
         if inner and not inner.isdigit():
             return None
-        if b"+" in inner:
-            return None
+        if len(inner) > _MAX_LITERAL_DIGITS:
+            raise self._literal_too_large()   # Dovecot: size overflow is "too large"
         # Dovecot accepts an empty size ({} or {+}) as 0.
         return (int(inner) if inner else 0), sync

@@ -100,6 +100,21 @@ class ForwardedFields:
                 if pair[1] is not None:
                     _check_text(f"{field_name} value", pair[1], allow_crlf=True)
 
+    def with_forward(self, forward: Iterable[tuple[str, str | None]]) -> ForwardedFields:
+        """A copy whose ``forward`` fields are *forward* (the passdb's ``forward_*``
+        fields, which replace whatever a trusted peer sent: the peer's fields reach the
+        passdb as ``forward_fields`` and come back as extra fields)."""
+        return ForwardedFields(self.session_id, self.originating_ip, self.originating_port,
+                               self.connected_ip, self.connected_port, self.ttl,
+                               tuple((n, v) for n, v in forward), self.retained_id)
+
+    def with_retained_id(self, pairs: Iterable[tuple[str, str | None]]) -> ForwardedFields:
+        """A copy with ``retained_id`` = :func:`retained_id_pairs` of *pairs*
+        (``imap_id_retain=yes``: pass the pairs of the client's latest ID)."""
+        return ForwardedFields(self.session_id, self.originating_ip, self.originating_port,
+                               self.connected_ip, self.connected_port, self.ttl,
+                               self.forward, retained_id_pairs(pairs))
+
     @property
     def loop_detected(self) -> bool:
         """True when no further hop is allowed (ttl <= 1): fail with REMOTE_CONFIG

@@ -367,7 +367,7 @@ class ServerConnection:
     (implicit TLS port). ``secured``: TLS, a trusted network or a local connection, as the
     driver decides it (``tls_active`` implies it). ``disable_plaintext_auth``: refuse
     plaintext mechanisms (all of ours) unless secured. ``mechanisms``: the SASL mechanisms
-    offered, in ``AUTH=`` order (subset of ``sasl.SERVER_MECHANISMS``). ``capability``:
+    offered, in ``AUTH=`` order (subset of ``sasl.SERVER_MECHANISMS``). ``capability_override``:
     Dovecot's ``imap_capability`` override (``"+X Y"`` appends to the default list, any
     other non-empty value replaces it, LITERAL+ included). ``max_line_length`` (1024,
     Dovecot's 1026-byte input buffer) and ``max_literal_size`` (8192: a command including
@@ -393,7 +393,7 @@ class ServerConnection:
         secured: bool = False,
         disable_plaintext_auth: bool = True,
         mechanisms: Sequence[str] = ("PLAIN", "LOGIN"),
-        capability: str | None = None,
+        capability_override: str | None = None,
         max_line_length: int = 1024,
         max_literal_size: int = 8192,
         id_name: str = "trio-mailproxy",
@@ -401,7 +401,8 @@ class ServerConnection:
         hostname: str = "localhost",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        for name, text in (("greeting", greeting), ("capability", capability or ""),
+        capability = capability_override
+        for name, text in (("greeting", greeting), ("capability_override", capability or ""),
                            ("hostname", hostname)):
             if "\r" in text or "\n" in text or "\0" in text:
                 raise ValueError(f"{name} must not contain CR, LF or NUL")
@@ -794,7 +795,7 @@ class ServerConnection:
         """Render the driver's answer: ``AuthSucceeded``/``AuthFailed`` (after
         ``AuthRequested``), ``Bye`` (ends the session), ``UntaggedRelay`` (a backend line)."""
         if isinstance(event, UntaggedRelay):
-            return event.line + _CRLF
+            return event.line
         if isinstance(event, Bye):
             if self.state in (ServerState.PROXYING, ServerState.LOGOUT, ServerState.ERROR):
                 raise LocalProtocolError(f"cannot send Bye in state {self.state.name}")
@@ -859,7 +860,7 @@ class ServerConnection:
             ref = event.referral
             assert isinstance(ref, Referral)
             reason = ref.reason or text or "Try this server instead."
-            url = referral_url(ref.destuser, self._mech, ref.host, ref.port)
+            url = referral_url(ref.destuser, ref.mechanism or self._mech, ref.host, ref.port)
             return (tag + b" NO [REFERRAL " + url.encode("ascii") + b"] "
                     + reason.encode("utf-8") + _CRLF)
         if kind is FailureKind.BACKEND:
@@ -987,7 +988,7 @@ class ClientConnection:
         return self._reader.trailing_data()
 
     @property
-    def proxy_state(self) -> str:
+    def state_description(self) -> str:
         """Dovecot's ``<sent states joined by +>/<last received>`` (e.g. ``id+login/banner``),
         for ``Login timed out in state=...`` and ``Disconnected by server ... (state=...)``."""
         sent = "+".join(name for bit, name in _SENT_NAMES if self._sent & bit)
@@ -1092,7 +1093,7 @@ class ClientConnection:
         if line[:6] == b"* BYE ":
             return None  # not relayed: the client is not going to be disconnected
         if line[:2] == b"* ":
-            return UntaggedRelay(line)
+            return UntaggedRelay(line + _CRLF)
         return None  # Dovecot: "Unexpected input, ignoring"
 
     def _set_caps(self, raw: bytes) -> None:
