@@ -65,15 +65,25 @@ def _load(path: str) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import ssl
+
     from .io.server import run_daemon
     from .log import setup_logging
+    from .passdb.from_config import PassdbSetupError
 
     config = _load(args.config)
     setup_logging(config.log_format, config.log_level)
     try:
         return run_daemon(args.config, config)
+    except PassdbSetupError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except ssl.SSLError as e:
+        print(f"{args.config}:0: tls.cert_file: cannot load certificate/key: {e}",
+              file=sys.stderr)
+        return 1
     except OSError as e:   # e.g. a listener address in use
-        print(f"{args.config}:0: listener: {e.strerror or e}", file=sys.stderr)
+        print(f"{args.config}:0: listener.bind: {e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -82,18 +92,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     import trio
 
-    from .passdb_setup import build_chain_from_config, PassdbSetupError
+    from .passdb.from_config import PassdbSetupError, check_chain
 
     config = _load(args.config)
-
-    async def build() -> None:
-        chain = await build_chain_from_config(config)
-        await chain.aclose()
-
     try:
-        trio.run(build)
+        problems = trio.run(check_chain, config)
     except PassdbSetupError as e:
-        print(e, file=sys.stderr)
+        problems = [str(e)]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
         return 1
     if config.tls is not None and config.tls.cert_file and config.tls.key_file:
         import ssl
@@ -114,13 +122,13 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     import trio
 
     from .passdb.base import AuthOutcome, LookupRequest
-    from .passdb_setup import build_chain_from_config, PassdbSetupError
+    from .passdb.from_config import PassdbSetupError, build_chain_from_config
     from .protocols import Secret
 
     config = _load(args.config)
 
     async def lookup():  # type: ignore[no-untyped-def]
-        chain = await build_chain_from_config(config)
+        chain = build_chain_from_config(config)
         try:
             request = LookupRequest(
                 user=args.user,

@@ -103,10 +103,11 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
                 raise BackendLoginError("CONNECT", f"SSL handshake failed: {_ssl_reason(e)}")
         conn = make_conn()
         while True:
+            event = conn.next_event()
+            # Whatever the step queued (ID, LOGIN, ...) goes out before we wait again.
             out = conn.data_to_send()
             if out:
                 await stream.send_all(out)
-            event = conn.next_event()
             if event is ev.NEED_DATA:
                 try:
                     data = await stream.receive_some(65536)
@@ -119,9 +120,6 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
                                    f"(state={_state(conn)})")
                 conn.receive_data(data)
             elif isinstance(event, ev.StartTLSRequired):
-                out = conn.data_to_send()
-                if out:
-                    await stream.send_all(out)
                 mode = target.starttls_mode or "yes"
                 stream = trio.SSLStream(stream, contexts.for_mode(mode),
                                         server_hostname=target.host)
@@ -130,6 +128,9 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
                 except (trio.BrokenResourceError, ssl.SSLError) as e:
                     raise BackendLoginError("REMOTE", f"STARTTLS failed: {_ssl_reason(e)}")
                 conn.tls_started()
+                out = conn.data_to_send()
+                if out:
+                    await stream.send_all(out)
             elif isinstance(event, ev.UntaggedRelay):
                 relayed.append(event.line)
             elif isinstance(event, ev.BackendLoggedIn):

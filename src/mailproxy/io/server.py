@@ -21,7 +21,7 @@ import trio
 
 from ..config import Config, ConfigErrors, Listener, load_config
 from ..log import log
-from ..passdb_setup import build_chain_from_config
+from ..passdb.from_config import build_chain_from_config
 from .session import ClientSession, SessionInfo
 from .tls import BackendContexts, server_context
 
@@ -110,7 +110,7 @@ class ProxyContext:
 
 
 async def build_context(config: Config) -> ProxyContext:
-    chain = await build_chain_from_config(config)
+    chain = build_chain_from_config(config)
     server_tls = None
     if config.tls is not None and config.tls.cert_file and config.tls.key_file:
         server_tls = server_context(config.tls)

@@ -15,7 +15,7 @@ import ipaddress
 import random
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -23,11 +23,12 @@ import trio
 from .. import log as logmod
 from ..log import log
 from ..passdb.base import AuthOutcome, LookupRequest
-from ..passdb.fields import RoutingError, routing_decision
+from ..passdb.fields import RoutingError, routing_decision, with_resolved_host
 from ..protocols import _events as ev
 from ..protocols import imap
 from ..protocols._errors import RemoteProtocolError
-from ..protocols.forwarding import ForwardedFields, from_imap_id, new_session_id
+from ..protocols.forwarding import (TTL_LOOP_REASON, ForwardedFields, from_imap_id,
+                                    new_session_id)
 from . import backend as backend_mod
 from .relay import relay
 from .tls import start_tls_server
@@ -41,7 +42,7 @@ FRESH_TTL = 5
 PROTOCOL_DEFAULT_PORTS = {"imap": (143, 993)}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)   # identity hash: kept in the context's session set
 class SessionInfo:
     """What `list`/`kick` and the logs know of a session."""
     protocol: str
@@ -55,10 +56,6 @@ class SessionInfo:
     backend_port: int = 0
     user_fields: dict[str, str] = field(default_factory=dict)
     cancel_scope: trio.CancelScope | None = None
-
-    @property
-    def login_vars_rip(self) -> str:
-        return self.remote_ip
 
 
 def _ip_in(ip: str, networks: tuple[Any, ...]) -> bool:
@@ -101,7 +98,7 @@ class ClientSession:
         self.info = SessionInfo(listener.protocol, rip, rport, lip, lport,
                                 self.forwarded.session_id)
         self.tls_active = False
-        self.id_seen = False
+        self.retained_id: tuple[tuple[str, str | None], ...] = ()
         self.auth_attempts = 0
         self.started = trio.current_time()
         self.last_user: str | None = None
@@ -217,11 +214,10 @@ class ClientSession:
                 return None
 
     def client_identified(self, event: Any) -> None:
+        # imap_id_retain passes on the pairs of the client's latest ID.
+        self.retained_id = event.pairs
         # Wire §1.5: only the first ID from a trusted peer is believed.
-        if self.id_seen:
-            return
-        self.id_seen = True
-        if not self.trusted:
+        if not event.first or not self.trusted:
             return
         self.forwarded = from_imap_id(event.pairs, self.forwarded)
         self.info.remote_ip = self.forwarded.originating_ip
@@ -234,7 +230,7 @@ class ClientSession:
         cfg = self.ctx.config
         f = self.forwarded
         user, master = creds.authcid, None
-        if creds.authzid and creds.authzid != creds.authcid:
+        if creds.authzid is not None:
             # SASL: authorization id = the user to log in as; authentication id = master.
             user, master = creds.authzid, creds.authcid
         elif cfg.auth.master_user_separator and cfg.auth.master_user_separator in user:
@@ -247,43 +243,48 @@ class ClientSession:
             remote_ip=f.originating_ip, remote_port=f.originating_port,
             local_ip=f.connected_ip, local_port=f.connected_port,
             session_id=f.session_id, mechanism=method, secured=self.secured,
-            forward_fields=f.forward, master_user=master)
+            forward_fields=tuple((n, v) for n, v in f.forward if v is not None),
+            master_user=master)
         result = await self.ctx.chain.authenticate(request)
-        fields = dict(result.fields)
-        # PasswordDatabase.ExtraFields.NoDelay: any value means "answer at once".
-        nodelay = "nodelay" in fields
 
         if result.outcome is AuthOutcome.TEMPFAIL:
             log.warning("%s-login: Login failed (temporary passdb failure%s): %s",
-                        self.info.protocol, f": {result.reason}" if result.reason else "",
+                        self.info.protocol, f": {result.detail}" if result.detail else "",
                         self.vars(user, method))
             await self.send(conn.send(ev.AuthFailed(ev.FailureKind.TEMPFAIL)))
             return None
         if result.outcome is not AuthOutcome.OK:
-            if not nodelay:
-                await trio.sleep(cfg.auth.failure_delay)
-            log.info("%s-login: Login failed (auth failed, %d attempts): %s",
-                     self.info.protocol, self.auth_attempts, self.vars(user, method))
-            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.AUTH_FAILED,
-                                                    text=fields.get("reason"))))
+            await self.refuse(conn, user, method, result.reason, dict(result.fields),
+                              result.detail)
             return None
 
         try:
             decision = routing_decision(result, request, is_self=self.ctx.is_self,
                                         listener_port=self.listener.bind.port)
+            if decision.proxy and decision.needs_dns:
+                addresses = await self.ctx.resolve(decision.host, None)
+                decision = with_resolved_host(decision, addresses, request,
+                                              is_self=self.ctx.is_self)
         except RoutingError as e:
-            log.error("%s-login: proxy(%s): Invalid passdb fields: %s: %s",
+            if e.auth_failed:
+                log.error("%s-login: %s: %s", self.info.protocol, e, self.vars(user, method))
+                await self.refuse(conn, user, method, None, dict(result.fields), str(e))
+                return None
+            log.error("%s-login: proxy(%s): Invalid passdb field %s: %s",
                       self.info.protocol, user, e, self.vars(user, method))
             await self.send(conn.send(ev.AuthFailed(ev.FailureKind.TEMPFAIL)))
             return None
-        self.last_user = result.user
-        user = result.user
+        except OSError as e:
+            log.error("%s-login: DNS lookup for %s failed: %s: %s", self.info.protocol,
+                      decision.host, e, self.vars(user, method))
+            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.TEMPFAIL)))
+            return None
+        user = self.last_user = decision.user
 
         if decision.nologin:
-            if decision.host and not decision.proxy:
+            if decision.referral:
                 referral = ev.Referral(destuser=decision.destuser, host=decision.host,
-                                       port=decision.port, reason=decision.reason,
-                                       mechanism=method)
+                                       port=decision.port, reason=decision.reason)
                 await self.send(conn.send(ev.AuthFailed(ev.FailureKind.REFERRAL,
                                                         referral=referral)))
             else:
@@ -296,7 +297,7 @@ class ClientSession:
             # A pure proxy has no local mailboxes: a user that is not proxied (no proxy
             # field, or proxy_maybe pointing at ourselves) cannot be served here.
             why = ("proxy_maybe points to this host" if decision.proxy_maybe
-                   else "passdb gave no proxy field")
+                   else "the passdb gave no proxy field")
             log.error("%s-login: proxy(%s): Not proxying: %s, and this proxy has no local "
                       "mail service: %s", self.info.protocol, user, why,
                       self.vars(user, method))
@@ -308,15 +309,25 @@ class ClientSession:
                 await trio.sleep(wait)
         return await self.login_backend(conn, user, method, decision, creds)
 
+    async def refuse(self, conn: Any, user: str, method: str, reason: str | None,
+                     fields: dict[str, str], detail: str) -> None:
+        # Dovecot's auth_failure_delay, skipped for `nodelay` users.
+        if "nodelay" not in fields:
+            await trio.sleep(self.ctx.config.auth.failure_delay)
+        log.info("%s-login: Login failed (auth failed, %d attempts%s): %s",
+                 self.info.protocol, self.auth_attempts, f": {detail}" if detail else "",
+                 self.vars(user, method))
+        await self.send(conn.send(ev.AuthFailed(ev.FailureKind.AUTH_FAILED, text=reason)))
+
     async def login_backend(self, conn: Any, user: str, method: str, decision: Any,
                             creds: Any) -> backend_mod.BackendLoginOK | None:
         cfg = self.ctx.config
         f = self.forwarded
         proto = self.info.protocol
         prefix = f"{proto}-login: proxy({user},{{ip}}:{decision.port})"
-        if f.ttl <= 1:
-            log.error("%s: Aborting due to remote server: TTL reached zero - proxies appear "
-                      "to be looping?", prefix.format(ip=decision.hostip or decision.host))
+        if f.loop_detected:
+            log.error("%s: Aborting due to remote server: %s",
+                      prefix.format(ip=decision.hostip or decision.host), TTL_LOOP_REASON)
             await self.send(conn.send(ev.AuthFailed(ev.FailureKind.CONFIG)))
             return None
         try:
@@ -337,7 +348,7 @@ class ClientSession:
             ssl_mode=decision.ssl or "", starttls_mode=decision.starttls or "",
             source_ip=decision.source_ip or self.ctx.next_source_ip(),
             timeout=decision.proxy_timeout or cfg.proxy_timeout)
-        backend_forwarded = f.with_forward(decision.forward) if decision.forward else f
+        backend_forwarded = f.with_forward(decision.forward)
         login = ev.BackendLogin(
             destuser=decision.destuser,
             password=decision.password,
@@ -349,11 +360,14 @@ class ClientSession:
             forwarded=backend_forwarded,
             client_sent_capability=getattr(conn, "client_sent_capability", False),
             token=creds.token,
+            ssl=bool(decision.ssl),
         )
         self.info.user = user
         self.info.backend = addresses[0]
         self.info.backend_port = decision.port
         self.info.user_fields = dict(decision.user_fields)
+        if cfg.imap_id_retain and self.retained_id:
+            login = replace(login, forwarded=backend_forwarded.with_retained_id(self.retained_id))
         started = trio.current_time()
         try:
             ok = await backend_mod.login(target, lambda: imap.ClientConnection(login),
