@@ -83,6 +83,8 @@ class SaslClientError(SaslError):
 def decode_base64(data: bytes) -> bytes:
     """Strict base64 with padding, whitespace ignored (Dovecot ``base64_decode``)."""
     data = data.translate(_B64_WHITESPACE, b" \t\r\n")
+    if len(data) % 4:
+        raise InvalidBase64("Invalid base64 data")   # missing or excess padding
     try:
         return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
