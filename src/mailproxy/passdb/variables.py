@@ -582,4 +582,5 @@ def auth_table(
     }
     short = {k: values[name] for k, name in _AUTH_KEYS if k}
     long = {name: values[name] for _, name in _AUTH_KEYS if name}
-    return VariableTable(short=short, long=long, passdb=dict(fields or {}))
+    # not copied: %{passdb:name} must see fields set while a line is being expanded
+    return VariableTable(short=short, long=long, passdb=fields if fields is not None else {})
