@@ -155,3 +155,10 @@ def test_xclient_pop3() -> None:
                                    b"SESSION=T7iaNyNhlcx/AAAB TTL=4\r\n")
     with pytest.raises(ValueError):
         ForwardedFields("a b", "1.2.3.4", 1, "1.2.3.4", 1).xclient_pop3()
+
+
+def test_with_forward_merges_like_dovecot_extra_fields() -> None:
+    peer = BASE.with_forward([("tenant", "blue"), ("a", "1")])
+    assert peer.forward == (("tenant", "blue"), ("a", "1"))
+    merged = peer.with_forward([("a", "2"), ("b", None)])
+    assert merged.forward == (("tenant", "blue"), ("a", "2"), ("b", None))

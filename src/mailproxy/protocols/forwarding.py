@@ -101,12 +101,21 @@ class ForwardedFields:
                     _check_text(f"{field_name} value", pair[1], allow_crlf=True)
 
     def with_forward(self, forward: Iterable[tuple[str, str | None]]) -> ForwardedFields:
-        """A copy whose ``forward`` fields are *forward* (the passdb's ``forward_*``
-        fields, which replace whatever a trusted peer sent: the peer's fields reach the
-        passdb as ``forward_fields`` and come back as extra fields)."""
+        """A copy with the passdb's ``forward_*`` fields (*forward*, names without the
+        prefix) merged in as Dovecot does: a trusted peer's x-forward fields become the
+        auth request's first extra fields, a passdb field of the same name replaces the
+        value in place, new names are appended in passdb order."""
+        merged = list(self.forward)
+        index = {name: i for i, (name, _) in enumerate(merged)}
+        for name, value in forward:
+            if name in index:
+                merged[index[name]] = (name, value)
+            else:
+                index[name] = len(merged)
+                merged.append((name, value))
         return ForwardedFields(self.session_id, self.originating_ip, self.originating_port,
                                self.connected_ip, self.connected_port, self.ttl,
-                               tuple((n, v) for n, v in forward), self.retained_id)
+                               tuple(merged), self.retained_id)
 
     def with_retained_id(self, pairs: Iterable[tuple[str, str | None]]) -> ForwardedFields:
         """A copy with ``retained_id`` = :func:`retained_id_pairs` of *pairs*

@@ -1000,8 +1000,10 @@ class ClientConnection:
             raise LocalProtocolError(f"tls_started() in state {self.state.name}")
         self._reader.discard()
         self._tls = True
+        mark = len(self._out)
         ev = self._write_login()
         if ev is not None:
+            del self._out[mark:]
             self._pending.append(ev)
 
     def _transition(self, event: str) -> None:
@@ -1035,8 +1037,13 @@ class ClientConnection:
                     return self._fail(BackendFailure.CONNECT,
                                       "Disconnected by server: Connection closed")
                 return NEED_DATA
+            mark = len(self._out)
             ev = self._line(line)
             if ev is not None:
+                if isinstance(ev, BackendLoginFailed):
+                    # Dovecot builds the whole write first and drops it on failure (e.g.
+                    # no ID goes out when LOGINDISABLED refuses the login).
+                    del self._out[mark:]
                 return ev
 
     def _line(self, line: bytes) -> Event | None:
