@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -82,17 +82,21 @@ async def connect_tcp(ip: str, port: int, source_ip: str | None) -> trio.SocketS
     return stream
 
 
+Connector = Callable[[str, int, "str | None"], Awaitable[trio.abc.Stream]]
+
+
 async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
-                   contexts: Any, relayed: list[bytes]) -> BackendLoginOK:
+                   contexts: Any, relayed: list[bytes], connect: Connector,
+                   current: list[Any]) -> BackendLoginOK:
     """One connect + login. Raises BackendLoginError."""
     try:
-        stream: trio.abc.Stream = await connect_tcp(ip, target.port, target.source_ip)
+        stream: trio.abc.Stream = await connect(ip, target.port, target.source_ip)
     except OSError as e:
         raise BackendLoginError(
             "CONNECT", f"connect({ip}, {target.port}) failed: "
                        f"{os.strerror(e.errno) if e.errno else e}") from None
-    sock_stream = stream
-    local = sock_stream.socket.getsockname()[:2]
+    sock = getattr(stream, "socket", None)
+    local = sock.getsockname()[:2] if sock is not None else ("", 0)
     try:
         if target.ssl_mode:
             stream = trio.SSLStream(stream, contexts.for_mode(target.ssl_mode),
@@ -102,6 +106,7 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
             except (trio.BrokenResourceError, ssl.SSLError) as e:
                 raise BackendLoginError("CONNECT", f"SSL handshake failed: {_ssl_reason(e)}")
         conn = make_conn()
+        current.append(conn)   # so a timeout can name the state it stopped in
         while True:
             event = conn.next_event()
             # Whatever the step queued (ID, LOGIN, ...) goes out before we wait again.
@@ -144,7 +149,7 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
 
 
 def _state(conn: Any) -> str:
-    return str(getattr(conn, "state_description", getattr(conn, "state", "")))
+    return str(conn.state_description)
 
 
 def _ssl_reason(e: BaseException) -> str:
@@ -153,7 +158,7 @@ def _ssl_reason(e: BaseException) -> str:
 
 
 async def login(target: BackendTarget, make_conn: Callable[[], Any], contexts: Any, *,
-                max_reconnects: int) -> BackendLoginOK:
+                max_reconnects: int, connect: Connector = connect_tcp) -> BackendLoginOK:
     """Log in to the backend with Dovecot's retry rules; returns the logged-in stream."""
     started = trio.current_time()
     reconnects = 0
@@ -161,13 +166,15 @@ async def login(target: BackendTarget, make_conn: Callable[[], Any], contexts: A
     relayed: list[bytes] = []
     while True:
         attempt_started = trio.current_time()
+        current: list[Any] = []
         error: BackendLoginError | None = None
         with trio.move_on_after(target.timeout) as scope:
             # A connect that fails outright moves on to the next resolved address at once.
             for _ in range(len(target.addresses)):
                 ip = target.addresses[addr_index % len(target.addresses)]
                 try:
-                    ok = await _attempt(target, ip, make_conn, contexts, relayed)
+                    ok = await _attempt(target, ip, make_conn, contexts, relayed, connect,
+                                        current)
                     ok.reconnects = reconnects
                     return ok
                 except BackendLoginError as e:
@@ -178,7 +185,10 @@ async def login(target: BackendTarget, make_conn: Callable[[], Any], contexts: A
                     break
         if scope.cancelled_caught:
             secs = int(trio.current_time() - attempt_started)
-            error = BackendLoginError("CONNECT", f"Login timed out (after {secs} secs)")
+            state = _state(current[-1]) if current else "/none"
+            error = BackendLoginError(
+                "CONNECT", f"Login timed out in state={state} (after {secs} secs"
+                           + (f", {reconnects} reconnects" if reconnects else "") + ")")
         assert error is not None
         error.relayed = relayed
         if error.kind not in RETRIED or reconnects >= max_reconnects:
