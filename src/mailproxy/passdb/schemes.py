@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets
 import struct
 from collections.abc import Callable
@@ -404,7 +405,7 @@ def _argon2_verify(plain: str, raw: bytes, params: _Params) -> bool:
 # CRAM-MD5 / DIGEST-MD5 --------------------------------------------------------------------
 
 _MD5_S = [7, 12, 17, 22] * 4 + [5, 9, 14, 20] * 4 + [4, 11, 16, 23] * 4 + [6, 10, 15, 21] * 4
-_MD5_K = [int(abs(__import__("math").sin(i + 1)) * 2**32) & 0xFFFFFFFF for i in range(64)]
+_MD5_K = [int(abs(math.sin(i + 1)) * 2**32) & 0xFFFFFFFF for i in range(64)]
 
 
 def _md5_compress(state: tuple[int, int, int, int], block: bytes) -> tuple[int, int, int, int]:
