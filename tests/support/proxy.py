@@ -56,8 +56,10 @@ class MailProxy:
             parts.append(f'[[listener]]\nprotocol = "{protocol}"\nbind = "{bind}"\n'
                          f'tls = "{tls}"\n')
         parts.append(textwrap.dedent(passdb_lines).strip() + "\n")
-        if tls_cert:
-            parts.append(f'[tls]\ncert_file = "{tls_cert}"\nkey_file = "{tls_key}"\n'
+        if tls_cert or ca_file:
+            parts.append("[tls]\n"
+                         + (f'cert_file = "{tls_cert}"\nkey_file = "{tls_key}"\n'
+                            if tls_cert else "")
                          + (f'ca_file = "{ca_file}"\n' if ca_file else ""))
         parts.append("[auth]\n" + textwrap.dedent(auth).strip() + "\n")
         if limits:

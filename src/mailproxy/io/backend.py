@@ -104,7 +104,7 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
             try:
                 await stream.do_handshake()
             except (trio.BrokenResourceError, ssl.SSLError) as e:
-                raise BackendLoginError("CONNECT", f"SSL handshake failed: {_ssl_reason(e)}")
+                raise _handshake_error(e, "CONNECT", "SSL handshake failed") from None
         conn = make_conn()
         current.append(conn)   # so a timeout can name the state it stopped in
         while True:
@@ -131,7 +131,7 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
                 try:
                     await stream.do_handshake()
                 except (trio.BrokenResourceError, ssl.SSLError) as e:
-                    raise BackendLoginError("REMOTE", f"STARTTLS failed: {_ssl_reason(e)}")
+                    raise _handshake_error(e, "REMOTE", "STARTTLS failed") from None
                 conn.tls_started()
                 out = conn.data_to_send()
                 if out:
@@ -150,6 +150,16 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
 
 def _state(conn: Any) -> str:
     return str(conn.state_description)
+
+
+def _handshake_error(e: BaseException, kind: str, what: str) -> BackendLoginError:
+    """A certificate that does not verify (chain or name) is final: retrying the same
+    backend cannot fix it. Other handshake failures are retried like a failed connect."""
+    cause = e.__cause__ or e
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return BackendLoginError("INTERNAL", f"{what}: certificate verification failed: "
+                                             f"{cause.verify_message or _ssl_reason(e)}")
+    return BackendLoginError(kind, f"{what}: {_ssl_reason(e)}")
 
 
 def _ssl_reason(e: BaseException) -> str:
