@@ -402,6 +402,28 @@ def test_nologin_with_host_gives_a_referral() -> None:
         imap.logout()
 
 
+def test_proxy_maybe_to_another_host_proxies(backend: DovecotBackend) -> None:
+    with MailProxy(static(f"proxy_maybe=y host=127.0.0.1 port={backend.imap_port} "
+                          "nopassword=y")) as proxy:
+        imap = IMAP4From("127.0.0.1", proxy.port)
+        assert imap.login("alice", "alicepw")[0] == "OK"
+        imap.logout()
+
+
+def test_proxy_maybe_pointing_at_this_proxy_is_a_temporary_failure() -> None:
+    # A pure proxy has no local mail to serve "this host's" users from: it says so in
+    # the log and gives the client a temporary failure, never a hang or a loop.
+    port = free_port()
+    with MailProxy(static(f"proxy_maybe=y host=127.0.0.1 port={port} nopassword=y"),
+                   ports=[port]) as proxy:
+        imap = IMAP4From("127.0.0.1", port)
+        with pytest.raises(imaplib.IMAP4.error,
+                           match=r"\[UNAVAILABLE\] Temporary authentication failure\."):
+            imap.login("alice", "x")
+        imap.logout()
+        assert "Not proxying: proxy_maybe points to this host" in proxy.log_text()
+
+
 def test_proxying_to_itself_is_refused_as_a_loop() -> None:
     port = free_port()
     with MailProxy(static(f"proxy=y host=127.0.0.1 port={port} nopassword=y"),

@@ -169,3 +169,54 @@ async def test_backend_tls_name_mismatch_fails_the_login(ca: trustme.CA) -> None
     # Final, not retried: the same backend will present the same certificate.
     assert info.value.kind == "INTERNAL"
     assert "certificate verification failed" in info.value.reason
+
+
+async def test_a_refused_address_moves_on_to_the_next_resolved_one() -> None:
+    """Better than Dovecot (which only ever tries the first address of a host name):
+    each resolved address is tried in turn when a connect fails."""
+    proxy_end, backend_end = trio.testing.memory_stream_pair()
+    tried: list[str] = []
+
+    async def connect(ip: str, port: int, source: str | None) -> trio.abc.Stream:
+        tried.append(ip)
+        if ip == "::1":
+            raise ConnectionRefusedError(111, "Connection refused")
+        return proxy_end
+
+    async def fake_backend() -> None:
+        buf = bytearray()
+        await backend_end.send_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+        line = await read_line(backend_end, buf)
+        assert line == b'L LOGIN "alice" "pw"'
+        await backend_end.send_all(b"L OK Logged in\r\n")
+
+    login = ev.BackendLogin(destuser="alice", password=Secret("pw"))
+    target = backend_mod.BackendTarget(host="mail.test", addresses=["::1", "127.0.0.1"],
+                                       port=143, timeout=10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake_backend)
+        ok = await backend_mod.login(target, lambda: imap.ClientConnection(login),
+                                     BackendContexts(None), max_reconnects=0,
+                                     connect=connect)
+    assert tried == ["::1", "127.0.0.1"]
+    assert ok.ip == "127.0.0.1" and ok.reconnects == 0
+
+
+async def test_reconnects_follow_dovecots_rules(autojump_clock: trio.testing.MockClock) -> None:
+    """A refused backend is retried max_reconnects times, 1 s apart, then given up."""
+    attempts: list[float] = []
+
+    async def connect(ip: str, port: int, source: str | None) -> trio.abc.Stream:
+        attempts.append(trio.current_time())
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    login = ev.BackendLogin(destuser="alice", password=Secret("pw"))
+    target = backend_mod.BackendTarget(host="127.0.0.1", addresses=["127.0.0.1"],
+                                       port=143, timeout=30)
+    with pytest.raises(backend_mod.BackendLoginError) as info:
+        await backend_mod.login(target, lambda: imap.ClientConnection(login),
+                                BackendContexts(None), max_reconnects=3, connect=connect)
+    assert len(attempts) == 4
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert all(0.99 <= g <= 1.01 for g in gaps), gaps
+    assert info.value.reason == "connect(127.0.0.1, 143) failed: Connection refused"

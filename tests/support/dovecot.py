@@ -493,7 +493,14 @@ class DovecotBackend:
         else:
             out.append("ssl = no")
         if self.ssl_client_ca is not None:
+            # Dovecot 2.3's login proxy ignores ssl_client_ca_* (its login processes are
+            # chrooted; see PasswordDatabase.ExtraFields.Proxy): it verifies backends
+            # against ssl_ca, read as content (<file) before the chroot. Set both, so
+            # other outgoing TLS (e.g. doveadm, lmtp) trusts the same CA.
             out.append(f"ssl_client_ca_file = {d / 'client-ca.pem'}")
+            out.append(f"ssl_ca = <{d / 'client-ca.pem'}")
+            # ssl_ca brings CRL checks (ssl_require_crl = yes); a test CA has no CRL.
+            out.append("ssl_require_crl = no")
 
         if self.master_users:
             out += [
