@@ -133,9 +133,44 @@ def raise_nofile_limit() -> int:
     return soft
 
 
+LISTEN_BACKLOG = 4096
+
+
+async def open_listeners(li: Listener, *, reuse_port: bool) -> list[trio.SocketListener]:
+    """Bind one listener address. With several workers every process binds its own
+    socket with SO_REUSEPORT and the kernel spreads new connections across them."""
+    host = li.bind.host or None
+    infos = await trio.socket.getaddrinfo(host, li.bind.port, type=socket.SOCK_STREAM,
+                                          flags=socket.AI_PASSIVE)
+    out: list[trio.SocketListener] = []
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+            out.append(trio.SocketListener(sock))
+    except BaseException:
+        for lsock in out:
+            await lsock.aclose()
+        raise
+    return out
+
+
 class Daemon:
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, *, name: str = "master",
+                 reuse_port: bool = False) -> None:
         self.config_path = config_path
+        self.name = name
+        self.reuse_port = reuse_port
         self.ctx: ProxyContext | None = None
         self.per_ip: dict[str, int] = {}
         self.total = 0
@@ -212,12 +247,13 @@ class Daemon:
         for key, li in wanted.items():
             if key in self.listeners:
                 continue
-            sockets = await trio.open_tcp_listeners(li.bind.port, host=li.bind.host or None)
+            sockets = await open_listeners(li, reuse_port=self.reuse_port)
             scope = trio.CancelScope()
             self.listeners[key] = (sockets, scope)
             for lsock in sockets:
                 self.accept_nursery.start_soon(self.accept_loop, li, lsock, scope)
-            log.info("master: listening on %s (%s, tls=%s)", li.bind, li.protocol, li.tls)
+            log.info("%s: listening on %s (%s, tls=%s)", self.name, li.bind, li.protocol,
+                     li.tls)
 
     async def accept_loop(self, li: Listener, lsock: trio.SocketListener,
                           scope: trio.CancelScope) -> None:
@@ -282,5 +318,7 @@ class Daemon:
 
 
 def run_daemon(config_path: str, config: Config) -> int:
-    daemon = Daemon(config_path)
-    return trio.run(daemon.run, config)
+    if config.workers <= 1:
+        return trio.run(Daemon(config_path).run, config)
+    from .workers import run_workers
+    return run_workers(config_path, config)

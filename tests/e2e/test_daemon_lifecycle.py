@@ -1,0 +1,108 @@
+"""The daemon's lifetime as an operator drives it: SIGTERM drain, SIGHUP reload, workers."""
+
+from __future__ import annotations
+
+import imaplib
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.dovecot import DEFAULT_USERS, DovecotBackend
+from tests.support.proxy import MailProxy
+
+
+@pytest.fixture(scope="module")
+def backend(require_dovecot: None) -> Iterator[DovecotBackend]:
+    dc = DovecotBackend(DEFAULT_USERS, trusted_networks=["127.0.0.0/8"], auth_failure_delay=0)
+    dc.start()
+    try:
+        yield dc
+    finally:
+        dc.stop()
+
+
+def static(fields: str) -> str:
+    return f'[[passdb]]\ndriver = "static"\nargs = "{fields}"\n'
+
+
+def route(backend: DovecotBackend) -> str:
+    return f"proxy=y host=127.0.0.1 port={backend.imap_port} nopassword=y"
+
+
+def test_sigterm_lets_sessions_drain_then_exits_0(backend: DovecotBackend) -> None:
+    proxy = MailProxy(static(route(backend)), top="shutdown_grace = 5").start()
+    try:
+        imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
+        imap.login("alice", "alicepw")
+        proxy.signal(signal.SIGTERM)
+        proxy.wait_for_log("sessions draining")
+        # The established session keeps working during the grace period ...
+        assert imap.noop()[0] == "OK"
+        # ... while new connections are no longer accepted.
+        with pytest.raises(OSError):
+            imaplib.IMAP4("127.0.0.1", proxy.port, timeout=3)
+        imap.logout()
+        started = time.monotonic()
+        assert proxy._proc is not None
+        assert proxy._proc.wait(10) == 0
+        assert time.monotonic() - started < 4    # left as soon as the last session did
+    finally:
+        proxy.stop()
+
+
+def test_sigterm_ends_sessions_still_open_after_the_grace(backend: DovecotBackend) -> None:
+    proxy = MailProxy(static(route(backend)), top="shutdown_grace = 1").start()
+    try:
+        imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
+        imap.login("alice", "alicepw")
+        proxy.signal(signal.SIGTERM)
+        assert proxy._proc is not None and proxy._proc.wait(10) == 0
+        with pytest.raises((imaplib.IMAP4.abort, OSError)):
+            imap.noop()
+        assert "Disconnected by proxy: Process shutting down" in proxy.log_text()
+    finally:
+        proxy.stop()
+
+
+def test_sighup_reloads_passdbs_without_dropping_sessions(backend: DovecotBackend) -> None:
+    with MailProxy(static(route(backend))) as proxy:
+        imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
+        imap.login("alice", "alicepw")
+        text = proxy.config_path.read_text()
+        proxy.config_path.write_text(text.replace(route(backend),
+                                                  "nopassword=y nologin=y reason=Reloaded."))
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for_log("config: reloaded")
+        assert imap.noop()[0] == "OK"          # the established session is untouched
+        fresh = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[CONTACTADMIN\] Reloaded\."):
+            fresh.login("bob", "bobpw")
+        fresh.logout()
+        imap.logout()
+
+
+def test_a_broken_config_on_sighup_keeps_the_old_one(backend: DovecotBackend) -> None:
+    with MailProxy(static(route(backend))) as proxy:
+        good = proxy.config_path.read_text()
+        proxy.config_path.write_text(good + "\nbogus_key = 1\n")
+        proxy.signal(signal.SIGHUP)
+        text = proxy.wait_for_log("reload failed")
+        assert f"{proxy.config_path}:" in text and "bogus_key: unknown key" in text
+        assert "Traceback" not in text
+        imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
+        assert imap.login("alice", "alicepw")[0] == "OK"
+        imap.logout()
+
+
+def test_workers_share_the_listeners(backend: DovecotBackend) -> None:
+    with MailProxy(static(route(backend)), top="workers = 2") as proxy:
+        text = proxy.wait_for_log("worker 1: listening on")
+        assert "worker 0: listening on" in text
+        for _ in range(12):
+            imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
+            assert imap.login("alice", "alicepw")[0] == "OK"
+            imap.logout()
+        proxy.wait_for_log("Started proxying")
+        assert proxy.stop() == 0
