@@ -1,0 +1,659 @@
+"""The servers the benchmark starts: a tuned Dovecot backend and the proxy targets.
+
+Every server here is private: its own temporary directory and config, loopback addresses
+and free ports, its own session/process group (``start_new_session``), and ``stop()``
+ends the whole group (SIGTERM, then SIGKILL for whatever is left). Nothing touches
+/etc/dovecot, /etc/nginx, /etc/haproxy or a packaged instance.
+
+Independent of tests/support/dovecot.py on purpose: the bench needs settings the test
+fixture does not carry (thousands of sessions, cheap logins, big messages), and must not
+break when the fixture changes.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import grp
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+
+#: Every server started and not yet stopped (run.py stops them all in a finally block).
+RUNNING: list["Server"] = []
+
+NUM_USERS = 1000
+USER_PREFIX = "user"
+PASSWORD = "pass"
+FETCH_USER = "fetchuser"     # INBOX: a 1 MiB and a 20 MiB message
+APPEND_USER = "appenduser"   # APPEND target; emptied after each APPEND test
+
+MIB = 1024 * 1024
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------- helpers
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def assert_loopback(host: str) -> None:
+    if not host.startswith("127."):
+        raise ValueError(f"{host}: the bench only uses 127.0.0.0/8")
+
+
+def wait_greeting(host: str, port: int, prefix: bytes, timeout: float, proc=None) -> bytes:
+    """Connect until a line starting with ``prefix`` arrives (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"exited with {proc.returncode} before greeting on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0) as s:
+                buf = b""
+                while b"\n" not in buf and len(buf) < 4096:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                if buf.startswith(prefix):
+                    return buf.split(b"\r\n", 1)[0]
+                last = buf[:100]
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise ServerError(f"no greeting from {host}:{port} within {timeout:g}s (last: {last!r})")
+
+
+def make_tmpdir(prefix: str) -> Path:
+    # Short path (unix sockets are limited to 108 bytes) that Dovecot's unprivileged
+    # processes can traverse.
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    d.chmod(0o755)
+    return d
+
+
+def which(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every process whose session id is ``sid`` (the servers run in their own session)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces/parens: fields after the last ')'
+        rest = data[data.rindex(b")") + 2:].split()
+        if int(rest[3]) == sid:   # field 6 = session
+            pids.append(int(entry))
+    return pids
+
+
+# ------------------------------------------------------------------------ Server
+class Server:
+    """A process group we started; ``pids()`` lists its processes."""
+
+    name = "server"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.dir: Path | None = None
+        self.keep_dir = False
+
+    def _spawn(self, argv: list[str], log_name: str, env: dict | None = None) -> None:
+        assert self.dir is not None
+        out = open(self.dir / log_name, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=str(self.dir), env=env,
+            )
+        finally:
+            out.close()
+        RUNNING.append(self)
+
+    def pids(self) -> list[int]:
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return session_pids(self.proc.pid)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        if self.dir is None:
+            return ""
+        p = self.dir / name
+        if not p.exists():
+            return ""
+        return "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    # watch for the exit without reaping: the group id stays ours
+                    if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                        break
+                    time.sleep(0.02)
+            # whatever is left of the group (children of a master that already exited)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            self.proc = None
+        if self in RUNNING:
+            RUNNING.remove(self)
+        if self.dir is not None and not self.keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+def stop_all() -> None:
+    for s in list(reversed(RUNNING)):
+        try:
+            s.stop()
+        except Exception as e:  # keep stopping the others
+            print(f"bench: stopping {s.name} failed: {e}")
+
+
+# ----------------------------------------------------------------------- Dovecot
+def _dovecot_accounts() -> tuple[str, str, int, int, list[str]]:
+    """(internal user, login user, mail uid, mail gid, extra config lines)."""
+    if os.geteuid() == 0:
+        for account in ("dovecot", "dovenull"):
+            pwd.getpwnam(account)  # KeyError: dovecot-core not installed
+        nobody = pwd.getpwnam("nobody")
+        return "dovecot", "dovenull", nobody.pw_uid, nobody.pw_gid, []
+    me = pwd.getpwuid(os.getuid())
+    extra = [f"default_internal_group = {grp.getgrgid(os.getgid()).gr_name}"]
+    for svc in ("anvil", "ipc", "old-stats", "aggregator", "imap-login", "pop3-login",
+                "imap-urlauth-login"):
+        extra.append(f"service {svc} {{\n  chroot =\n}}")
+    return me.pw_name, me.pw_name, me.pw_uid, os.getgid(), extra
+
+
+class Dovecot(Server):
+    """Dovecot 2.3, as the mail backend or as a pure login proxy (``proxy_to``)."""
+
+    def __init__(self, *, name: str, host: str, cores: int,
+                 proxy_to: tuple[str, int, int] | None = None) -> None:
+        super().__init__()
+        assert_loopback(host)
+        self.name = name
+        self.host = host
+        self.cores = cores
+        self.proxy_to = proxy_to
+        self.imap_port = 0
+        self.pop3_port = 0
+
+    # -- files
+    def _write_backend_mail(self, uid: int, gid: int) -> None:
+        assert self.dir is not None
+        mail = self.dir / "mail"
+        users = [f"{USER_PREFIX}{i:04d}" for i in range(NUM_USERS)] + [FETCH_USER, APPEND_USER]
+        lines = [f"{u}:{{PLAIN}}{PASSWORD}::::::\n" for u in users]
+        (self.dir / "users").write_text("".join(lines))
+        (self.dir / "users").chmod(0o644)
+        for u in users:
+            for sub in ("cur", "new", "tmp"):
+                (mail / u / sub).mkdir(parents=True, exist_ok=True)
+        # the two big messages, already "seen" in cur/
+        now = int(time.time())
+        for n, size in ((1, MIB), (2, 20 * MIB)):
+            name = f"{now}.M{n}P{os.getpid()}.bench,S={size}:2,S"
+            (mail / FETCH_USER / "cur" / name).write_bytes(_message(size, n))
+        if os.geteuid() == 0:
+            for root, dirs, files in os.walk(mail):
+                os.chown(root, uid, gid)
+                for f in files:
+                    os.chown(os.path.join(root, f), uid, gid)
+
+    def _config(self, internal: str, login: str, uid: int, gid: int, extra: list[str]) -> str:
+        d = self.dir
+        assert d is not None
+        big = 20000
+        out = [
+            "# generated by bench/servers.py",
+            f"base_dir = {d}/run",
+            f"state_dir = {d}/state",
+            f"log_path = {d}/dovecot.log",
+            f"instance_name = bench-{self.name}-{os.getpid()}",
+            "protocols = imap pop3",
+            f"listen = {self.host}",
+            f"default_internal_user = {internal}",
+            f"default_login_user = {login}",
+            "first_valid_uid = 1",
+            "first_valid_gid = 1",
+            "ssl = no",
+            "disable_plaintext_auth = no",
+            "auth_mechanisms = plain login",
+            "shutdown_clients = yes",
+            "default_vsz_limit = 2G",
+            f"default_client_limit = {big}",
+            f"service anvil {{\n  client_limit = {big}\n}}",
+            f"service auth {{\n  client_limit = {big}\n}}",
+            "service stats {\n  client_limit = 20000\n}",
+            *extra,
+        ]
+        login_tuning = (
+            "  service_count = 0\n"
+            f"  client_limit = {big // max(1, self.cores) if self.proxy_to else big}\n"
+            f"  process_min_avail = {self.cores}\n"
+            "  vsz_limit = 2G\n"
+        )
+        out += [
+            "service imap-login {",
+            f"  inet_listener imap {{\n    address = {self.host}\n    port = {self.imap_port}\n  }}",
+            "  inet_listener imaps {\n    port = 0\n  }",
+            login_tuning + "}",
+            "service pop3-login {",
+            f"  inet_listener pop3 {{\n    address = {self.host}\n    port = {self.pop3_port}\n  }}",
+            "  inet_listener pop3s {\n    port = 0\n  }",
+            login_tuning + "}",
+            "service imap-urlauth-login {\n  unix_listener imap-urlauth {\n  }\n}",
+        ]
+        if self.proxy_to is None:
+            out += [
+                f"mail_location = maildir:{d}/mail/%u",
+                "mail_fsync = never",
+                "passdb {",
+                "  driver = passwd-file",
+                f"  args = {d}/users",
+                "}",
+                "userdb {",
+                "  driver = static",
+                f"  args = uid={uid} gid={gid} home={d}/mail/%u",
+                "}",
+                # mail processes reused and shared by many sessions: cheap logins and
+                # thousands of idle sessions without thousands of processes
+                "service imap {",
+                "  service_count = 0",
+                "  client_limit = 1000",
+                "  process_limit = 100",
+                f"  process_min_avail = {self.cores}",
+                "}",
+                "service pop3 {",
+                "  service_count = 0",
+                "  client_limit = 1000",
+                "  process_limit = 100",
+                f"  process_min_avail = {self.cores}",
+                "}",
+                "protocol imap {\n  mail_max_userip_connections = 100000\n}",
+                "protocol pop3 {\n  mail_max_userip_connections = 100000\n}",
+            ]
+        else:
+            bhost, bimap, bpop3 = self.proxy_to
+            out += [
+                "passdb {",
+                "  driver = static",
+                f"  args = proxy=y host={bhost} port=%{{if;%s;eq;pop3;{bpop3};{bimap}}} "
+                "nopassword=y",
+                "}",
+                "userdb {",
+                "  driver = static",
+                f"  args = uid={uid} gid={gid}",
+                "}",
+            ]
+        return "\n".join(x for x in out if x) + "\n"
+
+    def start(self, timeout: float = 20.0) -> "Dovecot":
+        binary = which("dovecot")
+        if binary is None:
+            raise ServerError("dovecot not installed (bash bench/install.sh)")
+        internal, login, uid, gid, extra = _dovecot_accounts()
+        for attempt in range(3):
+            self.dir = make_tmpdir(f"bench-{self.name}-")
+            for sub in ("run", "state"):
+                (self.dir / sub).mkdir()
+            if self.proxy_to is None:
+                self._write_backend_mail(uid, gid)
+            self.imap_port = free_port(self.host)
+            self.pop3_port = free_port(self.host)
+            (self.dir / "dovecot.conf").write_text(self._config(internal, login, uid, gid, extra))
+            self._spawn([binary, "-F", "-c", str(self.dir / "dovecot.conf")], "dovecot.stdout")
+            try:
+                wait_greeting(self.host, self.imap_port, b"* OK", timeout, self.proc)
+                wait_greeting(self.host, self.pop3_port, b"+OK", timeout, self.proc)
+                return self
+            except ServerError as e:
+                log = self.log_tail("dovecot.log") + self.log_tail("dovecot.stdout")
+                self.stop()
+                if attempt < 2 and "in use" in log:
+                    continue
+                raise ServerError(f"{self.name}: {e}\n{log}") from None
+        raise AssertionError("unreachable")
+
+
+def _message(size: int, n: int) -> bytes:
+    head = (f"From: bench@example.invalid\r\nTo: {FETCH_USER}@example.invalid\r\n"
+            f"Subject: bench message {n} ({size} bytes)\r\n"
+            f"Message-ID: <bench-{n}@example.invalid>\r\n\r\n").encode()
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab\r\n"
+    body_len = size - len(head)
+    body = line * (body_len // len(line) + 1)
+    body = body[:body_len - 2] + b"\r\n"
+    return head + body
+
+
+# ----------------------------------------------------------------------- targets
+class Target(Server):
+    """A proxy target: ``imap_port`` and ``pop3_port`` (None = no POP3) on ``host``."""
+
+    has_pop3 = True
+    label = ""
+    note = ""
+
+    def __init__(self, name: str, host: str, backend: Dovecot, cores: int) -> None:
+        super().__init__()
+        assert_loopback(host)
+        self.name = name
+        self.host = host
+        self.backend = backend
+        self.cores = cores
+        self.imap_port = 0
+        self.pop3_port: int | None = None
+
+    def aux_pids(self) -> list[int]:
+        """Helper processes measured separately (nginx's auth_http server)."""
+        return []
+
+    def start(self) -> "Target":
+        raise NotImplementedError
+
+
+class Direct(Target):
+    """No proxy: the client talks to the backend (the floor)."""
+
+    label = "direct"
+
+    def start(self) -> "Direct":
+        self.host = self.backend.host
+        self.imap_port = self.backend.imap_port
+        self.pop3_port = self.backend.pop3_port
+        return self
+
+    def pids(self) -> list[int]:
+        return []
+
+    def stop(self) -> None:
+        pass
+
+
+class HAProxy(Target):
+    label = "haproxy (TCP)"
+
+    def start(self) -> "HAProxy":
+        binary = which("haproxy")
+        if binary is None:
+            raise ServerError("haproxy not installed (bash bench/install.sh)")
+        self.dir = make_tmpdir("bench-haproxy-")
+        self.imap_port = free_port(self.host)
+        self.pop3_port = free_port(self.host)
+        b = self.backend
+        cfg = f"""# generated by bench/servers.py: a plain TCP relay
+global
+    maxconn 9700
+    nbthread {self.cores}
+    pidfile {self.dir}/haproxy.pid
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+listen imap
+    bind {self.host}:{self.imap_port}
+    server backend {b.host}:{b.imap_port}
+listen pop3
+    bind {self.host}:{self.pop3_port}
+    server backend {b.host}:{b.pop3_port}
+"""
+        (self.dir / "haproxy.cfg").write_text(cfg)
+        self._spawn([binary, "-db", "-f", str(self.dir / "haproxy.cfg")], "haproxy.log")
+        try:
+            wait_greeting(self.host, self.imap_port, b"* OK", 10, self.proc)
+        except ServerError as e:
+            tail = self.log_tail("haproxy.log")
+            self.stop()
+            raise ServerError(f"haproxy: {e}\n{tail}") from None
+        return self
+
+
+class DovecotProxy(Target):
+    label = "dovecot proxy"
+
+    def start(self) -> "DovecotProxy":
+        b = self.backend
+        self.dc = Dovecot(name="dcproxy", host=self.host, cores=self.cores,
+                          proxy_to=(b.host, b.imap_port, b.pop3_port))
+        self.dc.start()
+        self.proc = self.dc.proc
+        self.dir = self.dc.dir
+        RUNNING.remove(self.dc)
+        RUNNING.append(self)
+        self.imap_port = self.dc.imap_port
+        self.pop3_port = self.dc.pop3_port
+        return self
+
+    def stop(self) -> None:
+        if hasattr(self, "dc"):
+            self.dc.stop()
+        self.proc = None
+        self.dir = None
+        if self in RUNNING:
+            RUNNING.remove(self)
+
+
+class AuthHTTP(Server):
+    name = "authhttp"
+
+    def __init__(self, binary: Path, host: str, backend: Dovecot) -> None:
+        super().__init__()
+        self.binary = binary
+        self.host = host
+        self.backend = backend
+        self.port = 0
+
+    def start(self) -> "AuthHTTP":
+        self.dir = make_tmpdir("bench-authhttp-")
+        self.port = free_port(self.host)
+        b = self.backend
+        self._spawn([str(self.binary), self.host, str(self.port), b.host, str(b.imap_port),
+                     str(b.pop3_port)], "authhttp.log")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.02)
+        tail = self.log_tail("authhttp.log")
+        self.stop()
+        raise ServerError(f"authhttp did not start\n{tail}")
+
+
+NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
+
+
+class Nginx(Target):
+    label = "nginx mail"
+
+    def __init__(self, *a, authhttp_binary: Path, proxy_buffer: str = "", **kw) -> None:
+        super().__init__(*a, **kw)
+        self.authhttp_binary = authhttp_binary
+        self.proxy_buffer = proxy_buffer
+        self.auth: AuthHTTP | None = None
+
+    def aux_pids(self) -> list[int]:
+        return self.auth.pids() if self.auth else []
+
+    def start(self) -> "Nginx":
+        binary = which("nginx")
+        if binary is None:
+            raise ServerError("nginx not installed (bash bench/install.sh)")
+        # the auth server lives on the next 127.x address
+        parts = self.host.split(".")
+        auth_host = ".".join(parts[:3] + [str(int(parts[3]) + 1)])
+        self.auth = AuthHTTP(self.authhttp_binary, auth_host, self.backend).start()
+        self.dir = make_tmpdir("bench-nginx-")
+        self.imap_port = free_port(self.host)
+        self.pop3_port = free_port(self.host)
+        load = ""
+        if os.path.exists(NGINX_MAIL_MODULE):
+            load = f"load_module {NGINX_MAIL_MODULE};\n"
+        buf = f"    proxy_buffer {self.proxy_buffer};\n" if self.proxy_buffer else ""
+        cfg = f"""# generated by bench/servers.py
+{load}daemon off;
+master_process on;
+worker_processes {self.cores};
+worker_rlimit_nofile 19900;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log error;
+events {{
+    worker_connections 19500;
+}}
+mail {{
+    server_name bench.invalid;
+    auth_http {auth_host}:{self.auth.port}/auth;
+    proxy on;
+    imap_auth plain login;
+    pop3_auth plain;
+{buf}    server {{
+        listen {self.host}:{self.imap_port};
+        protocol imap;
+    }}
+    server {{
+        listen {self.host}:{self.pop3_port};
+        protocol pop3;
+    }}
+}}
+"""
+        (self.dir / "nginx.conf").write_text(cfg)
+        self._spawn([binary, "-p", f"{self.dir}/", "-e", f"{self.dir}/error.log",
+                     "-c", str(self.dir / "nginx.conf")], "nginx.stdout")
+        try:
+            wait_greeting(self.host, self.imap_port, b"* OK", 10, self.proc)
+        except ServerError as e:
+            tail = self.log_tail("error.log") + self.log_tail("nginx.stdout")
+            self.stop()
+            raise ServerError(f"nginx: {e}\n{tail}") from None
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+
+
+def trio_mailproxy_argv() -> list[str] | None:
+    """How to run our daemon: the console script, else the module from the source tree."""
+    script = shutil.which("trio-mailproxy")
+    if script:
+        return [script]   # run with PYTHONPATH=<repo>/src: the working tree's code wins
+    if (REPO_ROOT / "src" / "mailproxy" / "cli.py").exists():
+        import sys
+        return [sys.executable, "-c", "import sys; from mailproxy.cli import main; "
+                "sys.exit(main())"]
+    return None
+
+
+class TrioMailproxy(Target):
+    label = "trio-mailproxy"
+    has_pop3 = False  # IMAP only so far; POP3 rows join when the daemon has POP3
+
+    def __init__(self, *a, workers: int = 1, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.workers = workers
+        self.processes_seen = 0
+
+    def start(self) -> "TrioMailproxy":
+        argv = trio_mailproxy_argv()
+        if argv is None:
+            raise ServerError("trio-mailproxy not installed (pip install -e .)")
+        self.dir = make_tmpdir("bench-trio-")
+        self.imap_port = free_port(self.host)
+        self.pop3_port = None
+        b = self.backend
+        cfg = f"""# generated by bench/servers.py
+workers = {self.workers}
+admin_socket = "{self.dir}/admin.sock"
+shutdown_grace = 1
+
+[[listener]]
+protocol = "imap"
+bind = "{self.host}:{self.imap_port}"
+tls = "none"
+
+[[passdb]]
+driver = "static"
+args = "proxy=y host={b.host} port={b.imap_port} nopassword=y"
+
+[auth]
+disable_plaintext_auth = false
+failure_delay = 0
+
+[limits]
+max_connections = 20000
+max_connections_per_ip = 20000
+"""
+        (self.dir / "mailproxy.toml").write_text(cfg)
+        env = dict(os.environ)
+        src = str(REPO_ROOT / "src")
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self._spawn([*argv, "run", "-c", str(self.dir / "mailproxy.toml")], "mailproxy.log",
+                    env=env)
+        try:
+            wait_greeting(self.host, self.imap_port, b"* OK", 20, self.proc)
+        except ServerError as e:
+            tail = self.log_tail("mailproxy.log")
+            self.stop()
+            raise ServerError(f"trio-mailproxy: {e}\n{tail}") from None
+        # workers start asynchronously: give them a moment, then count processes
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            self.processes_seen = len(self.pids())
+            if self.processes_seen >= self.workers:
+                break
+            time.sleep(0.1)
+        return self
