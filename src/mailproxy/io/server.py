@@ -80,9 +80,6 @@ class ProxyContext:
     def next_source_ip(self) -> str | None:
         return next(self._source_cycle) if self._source_cycle else None
 
-    def is_local_ip(self, ip: str) -> bool:
-        return ip in self._self_ips or _can_bind(ip)
-
     def is_self(self, ip: str, local_ip: str) -> bool:
         """auth_proxy_self: the address the client reached, or a listener/proxy_self IP."""
         return ip == local_ip or ip in self._self_ips

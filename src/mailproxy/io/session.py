@@ -338,8 +338,9 @@ class ClientSession:
             await self.send(conn.send(ev.AuthFailed(ev.FailureKind.TEMPFAIL)))
             return None
         for ip in addresses:
-            if (self.ctx.is_local_ip(ip) and decision.port == f.connected_port
-                    and decision.destuser == user and ip == f.connected_ip):
+            # Dovecot's check: the very address and port the client reached, same user.
+            if (ip == f.connected_ip and decision.port == f.connected_port
+                    and decision.destuser == user):
                 log.error("%s: Proxying loops to itself", prefix.format(ip=ip))
                 await self.send(conn.send(ev.AuthFailed(ev.FailureKind.UNAVAILABLE)))
                 return None
