@@ -581,10 +581,11 @@ class DovecotBackend:
         assert self.dir is not None
         stdout = (self.dir / "dovecot.stdout").read_text(errors="replace")
         tail = "\n".join(self.log_text().splitlines()[-30:])
+        kept = "" if self.keep_dir else " (removed after this error; keep_dir=True keeps it)"
         return (
             f"private Dovecot failed to start: {what}\n"
-            f"config: {self.config_path}\n--- dovecot stdout/stderr ---\n{stdout}"
-            f"--- log tail ({self.log_path}) ---\n{tail}"
+            f"config: {self.config_path}{kept}\n--- dovecot stdout/stderr ---\n{stdout}"
+            f"--- log tail ---\n{tail}"
         )
 
     def _kill(self, graceful: bool = False) -> None:
