@@ -54,7 +54,7 @@ def test_every_top_level_key_is_read(tmp_path: Path) -> None:
         haproxy_trusted_networks = ["192.0.2.0/24"]
         source_ips = ["127.0.0.2", "?localhost"]
         proxy_self = ["127.0.0.9"]
-        max_disconnect_delay = 5
+        max_disconnect_delay = 0
         proxy_timeout = 2.5
         max_reconnects = 1
         hostname = "proxy.example"
@@ -164,3 +164,22 @@ def test_parse_address(text: str, expected: Address) -> None:
 def test_parse_address_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_address(bad)
+
+
+@pytest.mark.parametrize("snippet,key", [
+    ("max_disconnect_delay = 5\n", "max_disconnect_delay"),
+    ("[metrics]\nbind = '127.0.0.1:9143'\n", "metrics.bind"),
+    ("[cluster]\nredis_url = 'redis://127.0.0.1:6379/0'\n", "cluster.redis_url"),
+])
+def test_features_not_built_yet_are_refused_not_ignored(tmp_path: Path, snippet: str,
+                                                         key: str) -> None:
+    path = write(tmp_path, snippet + MINIMAL if "[" not in snippet else MINIMAL + snippet)
+    (err,) = errors_of(path)
+    assert f": {key}: " in err and "not implemented yet" in err
+
+
+def test_proxy_protocol_listener_is_refused_until_built(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('tls = "none"', 'tls = "none"\nproxy_protocol = true'))
+    (err,) = errors_of(path)
+    assert err == f"{path}:6: listener.proxy_protocol: the HAProxy PROXY header is not " \
+                  "implemented yet"

@@ -309,6 +309,12 @@ class _Loader:
     def source(self, table: str, index: int) -> str:
         return f"{self.path}:{self.index.headers.get((table, index), 0)}"
 
+    def not_yet(self, reader: "_Reader", key: str, value: float) -> float:
+        # Accepting a setting and silently ignoring it would mislead the operator.
+        if value:
+            reader.fail(key, "spreading disconnects is not implemented yet")
+        return value
+
     def table(self, data: dict[str, Any], name: str) -> dict[str, Any]:
         value = data.get(name, {})
         if not isinstance(value, dict):
@@ -337,6 +343,8 @@ class _Loader:
             bind = r.address("bind", "0.0.0.0:143")
             tls = r.choice("tls", TLS_MODES, "starttls")
             proxy_protocol = r.get("proxy_protocol", bool, False)
+            if proxy_protocol:
+                r.fail("proxy_protocol", "the HAProxy PROXY header is not implemented yet")
             r.finish()
             if bind is not None:
                 listeners.append(Listener(protocol, bind, tls, proxy_protocol,
@@ -402,9 +410,13 @@ class _Loader:
 
         r = _Reader(self, "metrics", 0, self.table(data, "metrics"))
         metrics = MetricsConfig(r.address("bind", None))
+        if metrics.bind is not None:
+            r.fail("bind", "the metrics endpoint is not implemented yet")
         r.finish()
         r = _Reader(self, "cluster", 0, self.table(data, "cluster"))
         cluster = ClusterConfig(r.get("redis_url", str, ""))
+        if cluster.redis_url:
+            r.fail("redis_url", "clustering is not implemented yet")
         r.finish()
 
         source_ips = top.strings("source_ips")
@@ -428,7 +440,8 @@ class _Loader:
             haproxy_trusted_networks=top.networks("haproxy_trusted_networks"),
             source_ips=source_ips,
             proxy_self=proxy_self,
-            max_disconnect_delay=top.duration("max_disconnect_delay", 0.0),
+            max_disconnect_delay=self.not_yet(top, "max_disconnect_delay",
+                                              top.duration("max_disconnect_delay", 0.0)),
             proxy_timeout=top.duration("proxy_timeout", 30.0, minimum=0.001),
             max_reconnects=top.count("max_reconnects", 3),
             hostname=top.get("hostname", str, ""),
