@@ -153,8 +153,12 @@ class ClientSession:
             return
         if ok is None:
             return
+        client_pending = conn.trailing_data()
+        # Login-time objects (parser, buffers, state) are not needed any more: drop them
+        # before the relay, which may last for days with thousands of sessions idle.
+        conn = None
         try:
-            await self.proxy(conn, ok)
+            await self.proxy(ok, client_pending)
         finally:
             await trio.aclose_forcefully(ok.stream)
 
@@ -414,13 +418,10 @@ class ClientSession:
 
     # --- after login -----------------------------------------------------------------
 
-    async def proxy(self, conn: Any, ok: backend_mod.BackendLoginOK) -> None:
+    async def proxy(self, ok: backend_mod.BackendLoginOK, client_pending: bytes) -> None:
         scope = trio.CancelScope()
         self.info.cancel_scope = scope
         self.ctx.sessions.add(self.info)
-        client_pending = conn.trailing_data()
-        # Login-time objects are not needed any more: drop them before the long relay.
-        conn = None
         result = None
         reason = ""
         try:
