@@ -144,8 +144,10 @@ class LineReader:
         limit, after giving the raw-line predicate its say."""
         if size <= self._limit + 2:
             return False
+        # The predicate always sees the same window (the first max_line_length + 2 bytes),
+        # so its answer cannot depend on how the input was split.
         if (not self._raw and not self._spans and self._raw_line is not None
-                and self._raw_line(bytes(self._buf[:256]))):
+                and self._raw_line(bytes(self._buf[:self.max_line_length + 2]))):
             self._raw = True
             self._limit = self.max_raw_line_length
             return size > self._limit + 2
@@ -205,7 +207,7 @@ class LineReader:
                 size = self._literal_header(seg_start, end)
                 if size is not None and not (
                         not self._spans and self._raw_line is not None
-                        and self._raw_line(bytes(buf[:min(end, 256)]))):
+                        and self._raw_line(bytes(buf[:min(end, self.max_line_length + 2)]))):
                     n, sync = size
                     assert self.max_literal_size is not None
                     if end >= self.max_literal_size or n > self.max_literal_size - end:

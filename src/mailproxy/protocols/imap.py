@@ -549,10 +549,14 @@ class ServerConnection:
                     return self._need_data()
                 ev = self._sasl_response(line)
             else:
-                parts = reader.next_command()
-                n = reader.pop_continuations()
-                if n:
-                    self._out += b"+ OK\r\n" * n
+                try:
+                    parts = reader.next_command()
+                finally:
+                    # "+ OK" for every synchronizing literal announced so far, also when
+                    # a limit is hit right after it (Dovecot answers as it parses)
+                    n = reader.pop_continuations()
+                    if n:
+                        self._out += b"+ OK\r\n" * n
                 if parts is None:
                     return self._need_data()
                 ev = self._command(parts)
