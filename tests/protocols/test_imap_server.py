@@ -249,6 +249,10 @@ def b64(data: bytes) -> bytes:
 PLAIN = b64(b"\0alice\0secret")
 
 
+def nologin(ev: AuthRequested) -> AuthFailed:
+    return AuthFailed(FailureKind.NOLOGIN)
+
+
 @pytest.mark.parametrize("chunks, creds, out", [
     ([b"a AUTHENTICATE PLAIN " + PLAIN + b"\r\n"],
      Credentials("PLAIN", "alice", None, Secret("secret")), b""),
@@ -279,10 +283,10 @@ PLAIN = b64(b"\0alice\0secret")
 ])
 def test_authenticate(chunks: list[bytes], creds: Credentials, out: bytes) -> None:
     mechs = ["PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"]
-    events, got = run_server(server(mechanisms=mechs), chunks)
+    events, got = run_server(server(mechanisms=mechs), chunks, nologin)
     assert creds_of(events) == creds
-    assert got == out + b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
-    events2, got2 = run_server(server(mechanisms=mechs), bytewise(b"".join(chunks)))
+    assert got == out + b"a NO [CONTACTADMIN] Login disabled for this user\r\n"
+    events2, got2 = run_server(server(mechanisms=mechs), bytewise(b"".join(chunks)), nologin)
     assert (events2, got2) == (events, got)
 
 
@@ -642,3 +646,28 @@ def test_performance_of_a_login() -> None:
         conn.send(answer)
     per_login = (time.perf_counter() - t0) / n
     assert per_login < 200e-6, per_login
+
+
+@pytest.mark.parametrize("mech, ir, json", [
+    ("XOAUTH2", b"user=alice\x01auth=Bearer tok\x01\x01",
+     b'{"status":"401","schemes":"bearer","scope":"mail"}'),
+    ("OAUTHBEARER", b"n,a=alice,\x01auth=Bearer tok\x01\x01", b'{"status":"invalid_token"}'),
+])
+@pytest.mark.parametrize("answer", [b"", b"*"])
+def test_oauth_failure_is_a_json_challenge_first(mech: str, ir: bytes, json: bytes,
+                                                 answer: bytes) -> None:
+    conn = server(mechanisms=[mech])
+    logged_in(conn, b"a AUTHENTICATE " + mech.encode() + b" " + b64(ir) + b"\r\n")
+    assert conn.send(AuthFailed(FailureKind.AUTH_FAILED)) == b"+ " + b64(json) + b"\r\n"
+    assert conn.state is imap.ServerState.AUTHENTICATING
+    conn.receive_data(answer + b"\r\n")
+    assert conn.next_event() is NEED_DATA
+    assert conn.data_to_send() == b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+    assert conn.state is imap.ServerState.NOT_AUTHENTICATED
+
+
+def test_oauth_backend_failure_is_not_a_challenge() -> None:
+    conn = server(mechanisms=["XOAUTH2"])
+    logged_in(conn, b"a AUTHENTICATE XOAUTH2 " + b64(b"user=a\x01auth=Bearer t\x01\x01") + b"\r\n")
+    assert conn.send(AuthFailed(FailureKind.UNAVAILABLE)) == \
+        b"a NO [UNAVAILABLE] Account is temporarily unavailable.\r\n"

@@ -74,6 +74,7 @@ SERVER_TRANSITIONS: dict[tuple[ServerState, str], ServerState] = {
     (_S.AUTHENTICATING, "client_aborted"): _S.NOT_AUTHENTICATED,
     (_S.AUTHENTICATING, "auth_failed"): _S.NOT_AUTHENTICATED,
     (_S.LOGGING_IN, "auth_failed"): _S.NOT_AUTHENTICATED,
+    (_S.LOGGING_IN, "failure_challenge_sent"): _S.AUTHENTICATING,
     (_S.LOGGING_IN, "auth_succeeded"): _S.PROXYING,
     (_S.NOT_AUTHENTICATED, "logged_out"): _S.LOGOUT,
     (_S.NOT_AUTHENTICATED, "closed"): _S.LOGOUT,
@@ -138,6 +139,8 @@ def _declare() -> dict[str, Any]:
         client_aborted = authenticating.to(not_authenticated)
         auth_failed = authenticating.to(not_authenticated) | logging_in.to(not_authenticated)
         auth_succeeded = logging_in.to(proxying)
+        # XOAUTH2/OAUTHBEARER: the failure is a JSON challenge; the NO follows its answer
+        failure_challenge_sent = logging_in.to(authenticating)
         logged_out = not_authenticated.to(logout)
         closed = (not_authenticated.to(logout) | starttls.to(logout)
                   | authenticating.to(logout) | logging_in.to(logout))

@@ -381,7 +381,7 @@ class ServerConnection:
         "state", "secured", "tls_active", "client_sent_capability", "_tls_available",
         "_disable_plaintext", "_mechs", "_cap_base", "_cap_bytes", "_greeting", "_reader",
         "_out", "_tag", "_mech", "_sasl", "_bad", "_id_seen", "_starttls_done", "_ended",
-        "_id_reply", "_hostname", "_clock", "max_literal_size",
+        "_id_reply", "_hostname", "_clock", "max_literal_size", "_final_reply",
     )
 
     def __init__(
@@ -446,6 +446,7 @@ class ServerConnection:
                           + imap_quoted(id_version) + b")\r\n")
         self._hostname = hostname
         self._clock = clock
+        self._final_reply: bytes | None = None
 
     # ------------------------------------------------------------------ capability
 
@@ -727,6 +728,12 @@ class ServerConnection:
 
     def _sasl_response(self, line: bytes) -> Event | None:
         tag = self._tag
+        if self._final_reply is not None:
+            # the answer to an OAuth failure challenge: now the delayed NO
+            self._out += self._final_reply
+            self._final_reply = None
+            self._transition("auth_failed")
+            return None
         if line == b"*":
             self._out += tag + _BAD_ABORTED
             self._sasl = None
@@ -814,6 +821,15 @@ class ServerConnection:
             return data
         if isinstance(event, AuthFailed):
             data = self._render_failure(event)
+            challenge = _OAUTH_FAILURE_CHALLENGES.get(self._mech)
+            if challenge is not None and event.kind in (FailureKind.AUTH_FAILED,
+                                                        FailureKind.TEMPFAIL):
+                # Dovecot mech-oauth2: a failed token check is answered with a JSON
+                # challenge (RFC 7628 §3.2.2); IMAP has no final-data reply, so the client
+                # answers it (anything, even "*") and only then gets the NO.
+                self._final_reply = data
+                self._transition("failure_challenge_sent")
+                return b"+ " + challenge + _CRLF
             self._transition("auth_failed")
             return data
         raise LocalProtocolError(f"cannot send {type(event).__name__}")
@@ -901,6 +917,13 @@ class ServerConnection:
         if kind is BackendFailure.REMOTE_CONFIG:
             return tag + b" NO [SERVERBUG] " + _PROXY_FAILURE_MSG.encode() + _CRLF
         return tag + b" NO [UNAVAILABLE] " + _PROXY_FAILURE_MSG.encode() + _CRLF
+
+
+# mech-oauth2.c error documents (xoauth2_verify_callback / oauthbearer_verify_callback)
+_OAUTH_FAILURE_CHALLENGES = {
+    "XOAUTH2": encode_base64(b'{"status":"401","schemes":"bearer","scope":"mail"}'),
+    "OAUTHBEARER": encode_base64(b'{"status":"invalid_token"}'),
+}
 
 
 _COMMANDS: dict[bytes, Callable[[ServerConnection, bytes, list[object]], Event | None]] = {
