@@ -50,7 +50,7 @@ class _SentinelBase(type):
                 **kwds: Any) -> Any:
         assert bases == (_SentinelBase,)
         v = super().__new__(mcls, name, bases, namespace, **kwds)
-        v.__class__ = v
+        v.__class__ = v  # type: ignore[assignment]
         return v
 
     def __repr__(self) -> str:
@@ -255,7 +255,7 @@ class BackendLogin:
             s = getattr(self, name)
             if s is not None:
                 v = s.reveal()
-                if ("\0" if isinstance(v, str) else b"\0") in v:  # type: ignore[operator]
+                if (isinstance(v, str) and "\0" in v) or (isinstance(v, bytes) and b"\0" in v):
                     _fail(f"{name} must not contain NUL")
         if self.effective_mechanism in ("XOAUTH2", "OAUTHBEARER"):
             if self.token is None and self.password is None:

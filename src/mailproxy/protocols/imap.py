@@ -661,9 +661,10 @@ class ServerConnection:
         return StartTLSRequested()
 
     def _cmd_login(self, tag: bytes, args: list[object]) -> Event | None:
-        if len(args) != 2 or not all(isinstance(a, tuple) for a in args):
+        if len(args) != 2 or not isinstance(args[0], tuple) or not isinstance(args[1], tuple):
             return self._invalid(tag)
-        (_, user), (_, password) = args  # type: ignore[misc]
+        user: bytes = args[0][1]
+        password: bytes = args[1][1]
         if not self.secured and self._disable_plaintext:
             # client_check_plaintext_auth(pass_sent=TRUE)
             self._out += _PLAINTEXT_ALERT + tag + _NO_PLAINTEXT_LOGIN
