@@ -332,3 +332,11 @@ def test_backend_login_validation() -> None:
 
 def test_fwd_defaults() -> None:
     assert FWD.ttl == 5 and not FWD.loop_detected
+
+
+def test_capability_tokens_with_bracket_are_dropped() -> None:
+    # found by fuzzing: "]" in an untagged CAPABILITY line must not break the event
+    conn = client()
+    run_client(conn, [BANNER])
+    events, _ = run_client(conn, [b"* CAPABILITY T] a\r\nL OK x\r\n"])
+    assert events == [BackendLoggedIn(b"L OK x", ("a",))]

@@ -1231,5 +1231,10 @@ class ClientConnection:
 
 
 def _split_caps(raw: bytes) -> tuple[str, ...]:
-    # split on single spaces so " ".join() gives the backend's exact bytes back
-    return tuple(raw.decode("utf-8", "surrogateescape").split(" "))
+    # Split on single spaces so " ".join() gives the backend's exact bytes back. A "]" is
+    # not an atom character: such a token (only from an untagged "* CAPABILITY" line) is
+    # dropped, since relaying it inside "[CAPABILITY ...]" would end the code early.
+    caps = raw.decode("utf-8", "surrogateescape").split(" ")
+    if "]" in raw.decode("latin-1"):
+        caps = [c for c in caps if "]" not in c]
+    return tuple(caps)
