@@ -479,9 +479,8 @@ class ServerConnection:
         """Feed bytes from the client; ``b""`` = EOF. Bytes that arrive while a STARTTLS
         handshake is pending are discarded (command-injection defence)."""
         st = self.state
-        if st is ServerState.STARTTLS and data:
-            return
-        if st is ServerState.LOGOUT and data:
+        if data and (st is ServerState.STARTTLS or st is ServerState.LOGOUT
+                     or st is ServerState.ERROR):
             return
         self._reader.feed(data)
 
