@@ -132,6 +132,10 @@ def machine_info() -> dict:
     try:
         sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--",
+                                "src"], capture_output=True, text=True, timeout=10).stdout
+        if dirty.strip():
+            sha += " + uncommitted changes in src/"
     except Exception:
         sha = "?"
     try:
