@@ -225,6 +225,102 @@ def test_forward_fields_reach_the_backend_verbatim(backend: DovecotBackend) -> N
     assert "x-forward-utf8=Grüße" in log
 
 
+def test_authenticate_plain_and_login_mechanisms(backend: DovecotBackend) -> None:
+    with MailProxy(static(route(backend, "nopassword=y"))) as proxy:
+        imap = IMAP4From("127.0.0.1", proxy.port)
+        # imaplib sends AUTHENTICATE PLAIN without an initial response, then the
+        # base64 answer to the "+ " continuation.
+        typ, _ = imap.authenticate("PLAIN", lambda _: b"\0alice\0alicepw")
+        assert typ == "OK"
+        imap.logout()
+        imap = IMAP4From("127.0.0.1", proxy.port)
+        answers = iter([b"bob", b"bobpw"])
+        assert imap.authenticate("LOGIN", lambda _: next(answers))[0] == "OK"
+        imap.logout()
+        wait_for_backend_log(backend, "user=<bob>")
+
+
+def test_host_given_as_a_dns_name(backend: DovecotBackend) -> None:
+    # "localhost" may resolve to ::1 first, where nothing listens: the next address is
+    # tried at once (Dovecot would only ever try the first).
+    fields = f"proxy=y host=localhost port={backend.imap_port} nopassword=y"
+    with MailProxy(static(fields)) as proxy:
+        imap = IMAP4From("127.0.0.1", proxy.port)
+        assert imap.login("alice", "alicepw")[0] == "OK"
+        imap.logout()
+        assert "Started proxying to <127.0.0.1> (localhost)" in proxy.wait_for_log(
+            "Started proxying")
+
+
+def test_proxy_not_trusted_sends_no_id(backend: DovecotBackend) -> None:
+    with MailProxy(static(route(backend, "nopassword=y proxy_not_trusted=y"))) as proxy:
+        imap = IMAP4From("127.0.0.1", proxy.port)
+        assert imap.login("alice", "alicepw")[0] == "OK"
+        imap.logout()
+        text = proxy.wait_for_log("Started proxying")
+    session = text.rsplit("session=<", 1)[1].split(">")[0]
+    # Without ID the backend only knows the proxy's own address and its own session id.
+    log = wait_for_backend_log(backend, "user=<alice>, method=PLAIN, rip=127.0.0.1")
+    assert f"session=<{session}>" not in log
+
+
+class RecordingBackend:
+    """A minimal IMAP backend that records the address each connection came from."""
+
+    def __init__(self) -> None:
+        self.peers: list[str] = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self) -> None:
+        while True:
+            try:
+                conn, peer = self.srv.accept()
+            except OSError:
+                return
+            self.peers.append(peer[0])
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake\r\n")
+            f = conn.makefile("rb")
+            for line in f:
+                tag = line.split(b" ", 1)[0]
+                if b" LOGOUT" in line.upper():
+                    conn.sendall(b"* BYE bye\r\n" + tag + b" OK done\r\n")
+                    return
+                conn.sendall(tag + b" OK done\r\n")
+
+    def close(self) -> None:
+        self.srv.close()
+
+
+def test_source_ips_are_used_round_robin() -> None:
+    fake = RecordingBackend()
+    try:
+        with MailProxy(static(f"proxy=y host=127.0.0.1 port={fake.port} nopassword=y"),
+                       top='source_ips = ["127.0.0.7", "127.0.0.8"]') as proxy:
+            for _ in range(4):
+                imap = IMAP4From("127.0.0.1", proxy.port)
+                assert imap.login("alice", "pw")[0] == "OK"
+                imap.logout()
+        assert fake.peers == ["127.0.0.7", "127.0.0.8", "127.0.0.7", "127.0.0.8"]
+        # The passdb's source_ip field wins over the list.
+        with MailProxy(static(f"proxy=y host=127.0.0.1 port={fake.port} nopassword=y "
+                              "source_ip=127.0.0.9"),
+                       top='source_ips = ["127.0.0.7"]') as proxy:
+            imap = IMAP4From("127.0.0.1", proxy.port)
+            imap.login("alice", "pw")
+            imap.logout()
+        assert fake.peers[-1] == "127.0.0.9"
+    finally:
+        fake.close()
+
+
 # ------------------------------------------------------------------- client-side TLS
 
 

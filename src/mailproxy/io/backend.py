@@ -73,7 +73,7 @@ async def connect_tcp(ip: str, port: int, source_ip: str | None) -> trio.SocketS
     sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
     try:
         if source_ip:
-            sock.bind((source_ip, 0))
+            await sock.bind((source_ip, 0))
         await sock.connect((ip, port))
     except BaseException:
         sock.close()
