@@ -266,6 +266,7 @@ class Bench:
                 return self.start_target(name)
             st.setdefault("workers", t.workers)
             st["processes"] = t.processes_seen
+            st["pop3_note"] = t.pop3_note
         self.targets[name] = t
         return t
 
@@ -655,6 +656,11 @@ def markdown(report: dict) -> str:
                     s += f" ({c['ratio_median']:.2f}×)"
             cells.append(s)
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    goal_lines = goals(report)
+    if goal_lines:
+        lines += ["", "Issue 4's targets for trio-mailproxy in this run:", "",
+                  "| goal | trio-mailproxy | reference | met |", "|---|---|---|---|",
+                  *goal_lines]
     lines += ["", "Notes:"]
     for note in report["notes"]:
         lines.append(f"- {note}")
@@ -667,6 +673,57 @@ def markdown(report: dict) -> str:
                 why += f" ... {err[-1].strip()}"
             lines.append(f"- {st.get('label', n)}: NOT MEASURED: {why}")
     return "\n".join(lines) + "\n"
+
+
+def goals(report: dict) -> list[str]:
+    """Rows comparing trio-mailproxy with what issue 4 asks of it (same run)."""
+    summ = report["summary"]
+    names = report["run"]["targets"]
+    if "trio" not in names:
+        return []
+
+    def cell(key: str, name: str, field: str = "median"):
+        return summ.get(key, {}).get("targets", {}).get(name, {}).get(field)
+
+    rows = []
+
+    def row(goal: str, mine, ref, ok, fmt: str) -> None:
+        if mine is None or ref is None:
+            return
+        rows.append(f"| {goal} | {fmt.format(mine)} | {fmt.format(ref)} | "
+                    f"{'yes' if ok(mine, ref) else 'no'} |")
+
+    if "dovecot" in names:
+        for key, what in (("imap_c1_lps", "IMAP logins/s c=1"),
+                          ("imap_c50_lps", "IMAP logins/s c=50"),
+                          ("pop3_c50_lps", "POP3 logins/s c=50")):
+            row(f"{what} (ratio to direct) above Dovecot proxy's",
+                cell(key, "trio", "ratio_median"), cell(key, "dovecot", "ratio_median"),
+                lambda a, b: a > b, "{:.2f}×")
+        row("IMAP p99 login latency c=1 below Dovecot proxy's", cell("imap_c1_p99", "trio"),
+            cell("imap_c1_p99", "dovecot"), lambda a, b: a < b, "{:.3f} ms")
+        for key, what in (("imap_cpu_us", "IMAP"), ("pop3_cpu_us", "POP3")):
+            row(f"CPU per {what} login below Dovecot proxy's", cell(key, "trio"),
+                cell(key, "dovecot"), lambda a, b: a < b, "{:.0f} µs")
+    if "haproxy" in names:
+        for key, what in (("fetch_mbps", "FETCH"), ("append_mbps", "APPEND")):
+            row(f"{what} ratio ≥ 0.95 × haproxy's", cell(key, "trio", "ratio_median"),
+                cell(key, "haproxy", "ratio_median"), lambda a, b: a >= 0.95 * b, "{:.2f}×")
+    idle = report["config"].get("idle") or []
+    if idle and "nginx" in names:
+        n = max(idle)
+        mine = cell(f"idle_{n}_pss", "trio")
+        ok_all = all(v == n for v in (summ.get(f"idle_{n}_noop", {}).get("targets", {})
+                                      .get("trio", {}).get("values") or [0]))
+        row(f"PSS per idle session ({n} held) ≤ nginx's, all answering NOOP", mine,
+            cell(f"idle_{n}_pss", "nginx"), lambda a, b: a <= b and ok_all, "{:.1f} KiB")
+    if "nginx" in names:
+        row("lead: IMAP logins/s c=50 (ratio) at nginx's or above",
+            cell("imap_c50_lps", "trio", "ratio_median"),
+            cell("imap_c50_lps", "nginx", "ratio_median"), lambda a, b: a >= b, "{:.2f}×")
+        row("lead: CPU per IMAP login at nginx's or below", cell("imap_cpu_us", "trio"),
+            cell("imap_cpu_us", "nginx"), lambda a, b: a <= b, "{:.0f} µs")
+    return rows
 
 
 def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[str]:
@@ -710,8 +767,12 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
                  f" ({tr.get('processes', '?')} processes incl. the parent)."]
         if tr.get("workers_note"):
             parts.append(tr["workers_note"] + ".")
-        parts.append("IMAP only (no POP3 listener in the daemon yet): POP3 rows n/a; "
-                     "default log_level (info) to a file.")
+        if tr.get("pop3"):
+            parts.append("IMAP and POP3 (one static passdb, port chosen with %{if;%s;...}).")
+        else:
+            parts.append("IMAP only, POP3 rows n/a: the daemon refused a pop3 listener ("
+                         + (tr.get("pop3_note") or "?").replace("|", "/") + ").")
+        parts.append("Default log_level (info), logged to a file.")
         notes.append(" ".join(parts))
     return notes
 
@@ -763,7 +824,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="results directory (default bench/results; "
                    "smoke: a temporary one unless given)")
     p.add_argument("--no-install", action="store_true", help="never run bench/install.sh")
-    p.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--render", type=Path, metavar="RESULT.json",
+                   help="only re-render RESULT.md from a saved RESULT.json (for latest.json: "
+                   "also the README table); runs nothing")
     a = p.parse_args(argv)
     smoke = a.smoke
     a.reps = a.reps or (1 if smoke else 5)
@@ -789,8 +852,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def render_only(path: Path) -> int:
+    report = json.loads(path.read_text())
+    md = markdown(report)
+    path.with_suffix(".md").write_text(md)
+    print(md)
+    if path.resolve() == (BENCH_DIR / "results" / "latest.json").resolve() and update_readme(md):
+        log("README.md: Benchmarks table updated")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render_only(args.render)
     t_start = time.monotonic()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     ensure_installed(args.no_install)
