@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -93,10 +94,14 @@ def build_c(build_dir: Path) -> tuple[Path, Path]:
     out = []
     for name in ("loadgen", "authhttp"):
         src = BENCH_DIR / f"{name}.c"
-        exe = build_dir / name
-        if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
-            subprocess.run([gcc, "-O2", "-Wall", "-o", str(exe), str(src)], check=True,
+        # keyed by the source's content: another checkout's version never gets reused
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+        exe = build_dir / f"{name}-{digest}"
+        if not exe.exists():
+            tmp = build_dir / f".{name}-{digest}.{os.getpid()}"
+            subprocess.run([gcc, "-O2", "-Wall", "-o", str(tmp), str(src)], check=True,
                            timeout=120)
+            os.replace(tmp, exe)
         out.append(exe)
     return out[0], out[1]
 
