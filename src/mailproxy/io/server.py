@@ -23,6 +23,7 @@ from ..config import Config, ConfigErrors, Listener, load_config
 from ..log import log
 from ..passdb.from_config import build_chain_from_config
 from .session import ClientSession, SessionInfo
+from .splice_hub import SpliceHub
 from .tls import BackendContexts, server_context
 
 ACCEPT_BACKOFF = 0.1   # trio's serve_listeners: on EMFILE/ENFILE sleep 100 ms and go on
@@ -68,6 +69,7 @@ class ProxyContext:
     hostname: str
     source_ips: list[str]
     sessions: set[SessionInfo] = field(default_factory=set)
+    hub: SpliceHub | None = None
     _source_cycle: Any = None
 
     def __post_init__(self) -> None:
@@ -175,17 +177,20 @@ class Daemon:
         self.sessions_nursery: trio.Nursery | None = None
         self.session_scopes: set[trio.CancelScope] = set()
         self.ready = trio.Event()
+        self.hub = SpliceHub()
 
     async def run(self, config: Config) -> int:
         limit = raise_nofile_limit()
         log.info("master: trio-mailproxy starting; open files limit %d "
                  "(about %d proxied sessions)", limit, max(0, (limit - 64) // 2))
         self.ctx = await build_context(config)
+        self.ctx.hub = self.hub
         # Signals are caught before the first accept, so a SIGTERM right after start-up
         # still drains cleanly instead of killing the process.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async with trio.open_nursery() as sessions:
                 self.sessions_nursery = sessions
+                sessions.start_soon(self.hub.run)
                 async with trio.open_nursery() as accept:
                     self.accept_nursery = accept
                     await self.start_listeners(config)
@@ -193,11 +198,12 @@ class Daemon:
                     stop = await self.wait_signals(sigs)
                     accept.cancel_scope.cancel()
                 # Listeners are closed: drain sessions for shutdown_grace, then cancel.
-                if self.session_scopes:
-                    log.info("master: stopping; %d sessions draining for up to %gs",
-                             len(self.session_scopes), self.ctx.config.shutdown_grace)
+                if self.session_scopes or len(self.hub):
+                    log.info("%s: stopping; %d sessions draining for up to %gs", self.name,
+                             len(self.session_scopes) + len(self.hub),
+                             self.ctx.config.shutdown_grace)
                 with trio.move_on_after(self.ctx.config.shutdown_grace):
-                    while self.session_scopes:
+                    while self.session_scopes or len(self.hub):
                         await trio.sleep(0.05)
                 sessions.cancel_scope.cancel()
         await self.ctx.aclose()
@@ -226,6 +232,7 @@ class Daemon:
         old = self.ctx
         assert old is not None
         new_ctx.sessions = old.sessions
+        new_ctx.hub = old.hub
         self.ctx = new_ctx
         await self.start_listeners(config)
         log.info("config: reloaded %s", self.config_path)
@@ -293,9 +300,20 @@ class Daemon:
             return
         self.total += 1
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+
+        def release() -> None:
+            # Called once: when the session task ends, or, for a session handed to the
+            # splice hub, when the hub closes it.
+            self.total -= 1
+            n = self.per_ip[ip] - 1
+            if n:
+                self.per_ip[ip] = n
+            else:
+                del self.per_ip[ip]
+
         scope = trio.CancelScope()
         self.session_scopes.add(scope)
-        session = ClientSession(ctx, li, stream, peer[:2], local[:2])
+        session = ClientSession(ctx, li, stream, peer[:2], local[:2], release=release)
         try:
             with scope:
                 await session.run()
@@ -305,13 +323,9 @@ class Daemon:
             log.exception("master: internal error in session %s", session.info.session_id)
         finally:
             self.session_scopes.discard(scope)
-            self.total -= 1
-            n = self.per_ip[ip] - 1
-            if n:
-                self.per_ip[ip] = n
-            else:
-                del self.per_ip[ip]
-            await trio.aclose_forcefully(session.stream)
+            if not session.handed_off:
+                release()
+                await trio.aclose_forcefully(session.stream)
 
 
 def run_daemon(config_path: str, config: Config) -> int:

@@ -16,7 +16,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -30,11 +30,12 @@ from ..protocols._errors import RemoteProtocolError
 from ..protocols.forwarding import (TTL_LOOP_REASON, ForwardedFields, from_imap_id,
                                     new_session_id)
 from . import backend as backend_mod
-from .relay import relay
+from .relay import SPLICE, RelayResult, relay
 from .tls import start_tls_server
 
 if TYPE_CHECKING:
     from .server import ProxyContext
+    from .splice_hub import SpliceHub
     from ..config import Listener
 
 # Dovecot's fresh-client TTL (wire reference §0.4): the proxy sends TTL-1.
@@ -81,8 +82,11 @@ def _plain_ip(ip: str) -> str:
 
 class ClientSession:
     def __init__(self, ctx: "ProxyContext", listener: "Listener", stream: trio.abc.Stream,
-                 peer: tuple[str, int], local: tuple[str, int]) -> None:
+                 peer: tuple[str, int], local: tuple[str, int],
+                 release: Callable[[], None] = lambda: None) -> None:
         self.ctx = ctx
+        self.release = release
+        self.handed_off = False      # True once the splice hub owns the sockets
         self.listener = listener
         self.stream: trio.abc.Stream = stream
         cfg = ctx.config
@@ -419,27 +423,63 @@ class ClientSession:
     # --- after login -----------------------------------------------------------------
 
     async def proxy(self, ok: backend_mod.BackendLoginOK, client_pending: bytes) -> None:
+        hub = self.ctx.hub
+        if (hub is not None and SPLICE and isinstance(self.stream, trio.SocketStream)
+                and isinstance(ok.stream, trio.SocketStream)):
+            await self.hand_to_hub(hub, ok, client_pending)
+            return
         scope = trio.CancelScope()
         self.info.cancel_scope = scope
         self.ctx.sessions.add(self.info)
         result = None
-        reason = ""
         try:
             with scope:
                 result = await relay(self.stream, ok.stream, client_pending, ok.trailing)
-            if scope.cancelled_caught:
-                reason = getattr(self.info, "kick_reason", "") or "Process shutting down"
         finally:
             self.ctx.sessions.discard(self.info)
             if result is None:
-                who = f"Disconnected by proxy: {reason or 'Process shutting down'}"
-                log.info("%s: %s: %s", self.log_prefix, who,
-                         self.vars(self.log_user, self.log_method))
+                log.info("%s: Disconnected by proxy: Process shutting down: %s",
+                         self.log_prefix, self.vars(self.log_user, self.log_method))
         if result is not None:
-            idle = int(trio.current_time() - result.last_activity)
-            who = {"client": "Disconnected by client", "server": "Disconnected by server"}\
-                .get(result.closed_by, "Disconnected by proxy")
-            err = f": {result.error}" if result.error else ""
-            log.info("%s: %s%s (%ds idle, in=%d, out=%d): %s", self.log_prefix, who, err,
-                     idle, result.client_bytes, result.server_bytes,
-                     self.vars(self.log_user, self.log_method))
+            self.log_disconnect(result)
+
+    async def hand_to_hub(self, hub: "SpliceHub", ok: backend_mod.BackendLoginOK,
+                          client_pending: bytes) -> None:
+        """Plain TCP both ways: the hub relays it with no task of its own. What the
+        closing log line needs is computed now, so the session object can go."""
+        if client_pending:
+            await ok.stream.send_all(client_pending)
+        if ok.trailing:
+            await self.stream.send_all(ok.trailing)
+        prefix = self.log_prefix
+        vars_text = self.vars(self.log_user, self.log_method)
+        sessions, info, release = self.ctx.sessions, self.info, self.release
+        sent_in, sent_out = len(client_pending), len(ok.trailing)
+
+        def closed(result: RelayResult) -> None:
+            sessions.discard(info)
+            release()
+            result.client_bytes += sent_in
+            result.server_bytes += sent_out
+            log_disconnect(prefix, vars_text, result)
+
+        sessions.add(info)
+        hub.add(self.stream, ok.stream, closed, info)
+        self.handed_off = True
+
+    def log_disconnect(self, result: RelayResult) -> None:
+        log_disconnect(self.log_prefix, self.vars(self.log_user, self.log_method), result)
+
+
+def log_disconnect(prefix: str, vars_text: str, result: RelayResult) -> None:
+    """Dovecot's end-of-session line: who closed, idle time, bytes each way."""
+    idle = int(trio.current_time() - result.last_activity)
+    if result.closed_by == "proxy":
+        log.info("%s: Disconnected by proxy: %s: %s", prefix,
+                 result.error or "Process shutting down", vars_text)
+        return
+    who = "Disconnected by client" if result.closed_by == "client" else \
+        "Disconnected by server"
+    err = f": {result.error}" if result.error else ""
+    log.info("%s: %s%s (%ds idle, in=%d, out=%d): %s", prefix, who, err, idle,
+             result.client_bytes, result.server_bytes, vars_text)

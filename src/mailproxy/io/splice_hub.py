@@ -1,0 +1,189 @@
+"""Plaintext sessions after login: every one of them relayed by a single task.
+
+Owns: the relay of sessions that are plain TCP on both sides once logged in (the common
+case: TLS ends at a load balancer or is not used inside the data centre). Operators hold
+tens of thousands of such sessions idle (IMAP IDLE), so an idle session here costs its two
+sockets and a few small slotted objects: no task, no coroutine frames, no buffers. The
+bytes never enter Python: the kernel moves them socket → pipe → socket with splice(2),
+through pipes lent from a small pool only while data is in flight.
+
+How: one epoll set of our own (level-triggered) holds both sockets of every session; the
+hub task sleeps on that epoll descriptor through trio, and moves whatever is ready. When a
+destination cannot take more, reading from its source stops (the pipe keeps the bytes) and
+the destination is watched for writability instead: back-pressure without buffering.
+
+A session ends when either side reaches EOF or fails; both sockets are closed at once and
+the session's `on_closed(RelayResult)` is called (it logs Dovecot's "Disconnected ..."
+line and releases the connection counters). TLS sessions are relayed by io/relay.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+from collections.abc import Callable
+
+import trio
+
+from ..log import log
+from .relay import RELAY_CHUNK, SPLICE_FLAGS, RelayResult, _borrow_pipe, _return_pipe
+
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_FAIL = select.EPOLLERR | select.EPOLLHUP
+# A closed peer or a reset is a normal end of a session, not an error worth a traceback.
+_GONE = {errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTUNREACH}
+
+
+class _End:
+    """One socket of a relayed session. Bytes read here go to `peer`; `pipe` holds
+    `pending` bytes read here that `peer` could not take yet."""
+
+    __slots__ = ("fd", "peer", "session", "side", "pipe", "pending", "mask")
+
+    def __init__(self, fd: int, session: "RelayedSession", side: str) -> None:
+        self.fd, self.session, self.side = fd, session, side
+        self.peer: _End = self
+        self.pipe: tuple[int, int] | None = None
+        self.pending = 0
+        self.mask = _IN
+
+
+class RelayedSession:
+    __slots__ = ("client", "server", "result", "on_closed", "info")
+
+    def __init__(self, client_fd: int, server_fd: int,
+                 on_closed: Callable[[RelayResult], None], info: object) -> None:
+        self.client = _End(client_fd, self, "client")
+        self.server = _End(server_fd, self, "server")
+        self.client.peer, self.server.peer = self.server, self.client
+        self.result = RelayResult()
+        self.on_closed = on_closed
+        self.info = info          # what kick/list know of the session
+
+
+class SpliceHub:
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._ends: dict[int, _End] = {}
+        self.sessions: set[RelayedSession] = set()
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def add(self, client: trio.SocketStream, server: trio.SocketStream,
+            on_closed: Callable[[RelayResult], None], info: object = None) -> RelayedSession:
+        """Take over two logged-in plain sockets (they must have no pending reads)."""
+        # detach(): from here on the descriptors are ours alone; trio's objects are inert.
+        session = RelayedSession(client.socket.detach(), server.socket.detach(), on_closed,
+                                 info)
+        for end in (session.client, session.server):
+            self._ends[end.fd] = end
+            self._epoll.register(end.fd, _IN)
+        self.sessions.add(session)
+        return session
+
+    async def run(self) -> None:
+        """The hub task: one per process, for as long as the daemon runs."""
+        epfd = self._epoll.fileno()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epfd)
+                for fd, events in self._epoll.poll(0, 1024):
+                    end = self._ends.get(fd)
+                    if end is not None:
+                        self._ready(end, events)
+        finally:
+            self.close_all("Process shutting down")
+            self._epoll.close()
+
+    # --- moving bytes ------------------------------------------------------------------
+
+    def _ready(self, end: _End, events: int) -> None:
+        try:
+            if events & _OUT and end.peer.pending:
+                self._drain(end.peer)
+            if events & (_IN | _FAIL) and not end.pending:
+                self._read(end)
+            elif events & _FAIL:
+                self._close(end.session, end.side, "")
+        except OSError as e:
+            if e.errno not in _GONE and e.errno != errno.EBADF:
+                log.error("relay: %s", e)
+            self._close(end.session, end.side, os.strerror(e.errno) if e.errno else str(e))
+
+    def _read(self, src: _End) -> None:
+        if src.fd < 0:
+            return
+        pipe = src.pipe = src.pipe or _borrow_pipe()
+        try:
+            n = os.splice(src.fd, pipe[1], RELAY_CHUNK, flags=SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        if n == 0:
+            self._close(src.session, src.side, "")
+            return
+        result = src.session.result
+        if src.side == "client":
+            result.client_bytes += n
+        else:
+            result.server_bytes += n
+        result.last_activity = trio.current_time()
+        src.pending = n
+        self._drain(src)
+
+    def _drain(self, src: _End) -> None:
+        """Move `src`'s pending pipe bytes to its peer; watch the peer if it is full."""
+        dst = src.peer
+        assert src.pipe is not None
+        while src.pending:
+            try:
+                src.pending -= os.splice(src.pipe[0], dst.fd, src.pending, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                break
+        if not src.pending:
+            _return_pipe(src.pipe)
+            src.pipe = None
+        self._update(src)
+        self._update(dst)
+
+    def _update(self, end: _End) -> None:
+        mask = (0 if end.pending else _IN) | (_OUT if end.peer.pending else 0)
+        if mask != end.mask and end.fd >= 0:
+            self._epoll.modify(end.fd, mask)
+            end.mask = mask
+
+    # --- ending sessions ----------------------------------------------------------------
+
+    def _close(self, session: RelayedSession, closed_by: str, error: str) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        for end in (session.client, session.server):
+            if end.fd >= 0:
+                self._ends.pop(end.fd, None)
+                try:
+                    self._epoll.unregister(end.fd)
+                except OSError:
+                    pass
+                os.close(end.fd)
+                end.fd = -1
+            if end.pipe is not None:   # bytes still in flight: the session is over anyway
+                os.close(end.pipe[0])
+                os.close(end.pipe[1])
+                end.pipe = None
+        session.result.closed_by = closed_by
+        session.result.error = error
+        try:
+            session.on_closed(session.result)
+        except Exception:
+            log.exception("relay: error while closing a session")
+
+    def kick(self, session: RelayedSession, reason: str) -> None:
+        """End one session now (admin kick): both sockets closed, nothing injected."""
+        session.result.error = reason
+        self._close(session, "proxy", reason)
+
+    def close_all(self, reason: str) -> None:
+        for session in list(self.sessions):
+            self._close(session, "proxy", reason)

@@ -1,0 +1,100 @@
+"""The splice hub: many plain sessions relayed by one task, on real socket pairs."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from mailproxy.io.relay import RelayResult
+from mailproxy.io.splice_hub import SpliceHub
+
+
+def pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = socket.socketpair()
+    return (trio.SocketStream(trio.socket.from_stdlib_socket(a)),
+            trio.SocketStream(trio.socket.from_stdlib_socket(b)))
+
+
+class Session:
+    """A client ↔ hub ↔ server triple; `closed` records the hub's final result."""
+
+    def __init__(self, hub: SpliceHub) -> None:
+        self.client, proxy_client = pair()
+        proxy_server, self.server = pair()
+        self.results: list[RelayResult] = []
+        self.done = trio.Event()
+
+        def closed(result: RelayResult) -> None:
+            self.results.append(result)
+            self.done.set()
+
+        hub.add(proxy_client, proxy_server, closed)
+
+
+async def read_exactly(stream: trio.SocketStream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = await stream.receive_some(65536)
+        assert data, f"EOF after {len(buf)} of {n} bytes"
+        buf += data
+    return bytes(buf)
+
+
+async def test_many_sessions_one_task_bytes_intact_both_ways() -> None:
+    hub = SpliceHub()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        sessions = [Session(hub) for _ in range(20)]
+        assert len(hub) == 20
+        for i, s in enumerate(sessions):
+            await s.client.send_all(b"a%d NOOP\r\n" % i)
+            await s.server.send_all(b"* %d EXISTS\r\n" % i)
+        for i, s in enumerate(sessions):
+            assert await read_exactly(s.server, len(b"a%d NOOP\r\n" % i)) == b"a%d NOOP\r\n" % i
+            assert await read_exactly(s.client, len(b"* %d EXISTS\r\n" % i)) == \
+                b"* %d EXISTS\r\n" % i
+        await sessions[3].client.aclose()
+        await sessions[3].done.wait()
+        assert await sessions[3].server.receive_some() == b""    # the other side closed too
+        (result,) = sessions[3].results
+        assert result.closed_by == "client"
+        assert result.client_bytes == len(b"a3 NOOP\r\n")
+        assert result.server_bytes == len(b"* 3 EXISTS\r\n")
+        assert len(hub) == 19
+        nursery.cancel_scope.cancel()
+    # Cancelling the hub (shutdown) ends every remaining session as closed by the proxy.
+    assert all(s.results and s.results[0].closed_by == "proxy"
+               for i, s in enumerate(sessions) if i != 3)
+
+
+async def test_back_pressure_holds_data_until_the_reader_catches_up() -> None:
+    hub = SpliceHub()
+    payload = bytes(range(256)) * 40_000        # ~10 MB: far more than socket buffers
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        s = Session(hub)
+        nursery.start_soon(s.client.send_all, payload)
+        await trio.sleep(0.2)                   # the server is not reading: hub must wait
+        got = await read_exactly(s.server, len(payload))
+        assert got == payload
+        await s.server.send_all(b"* BYE\r\n")
+        assert await read_exactly(s.client, 7) == b"* BYE\r\n"
+        await s.server.aclose()
+        await s.done.wait()
+        assert s.results[0].closed_by == "server"
+        assert s.results[0].client_bytes == len(payload)
+        nursery.cancel_scope.cancel()
+
+
+async def test_kick_closes_both_sides_without_injecting_anything() -> None:
+    hub = SpliceHub()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        s = Session(hub)
+        (relayed,) = hub.sessions
+        hub.kick(relayed, "Kicked by admin")
+        assert await s.client.receive_some() == b""
+        assert await s.server.receive_some() == b""
+        assert s.results[0].closed_by == "proxy" and s.results[0].error == "Kicked by admin"
+        nursery.cancel_scope.cancel()
