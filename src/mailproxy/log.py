@@ -28,6 +28,10 @@ class _JSONFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    # Our lines carry their own context; skip the per-record getpid()/thread look-ups.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JSONFormatter())

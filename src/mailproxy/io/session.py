@@ -60,6 +60,8 @@ class SessionInfo:
 
 
 def _ip_in(ip: str, networks: tuple[Any, ...]) -> bool:
+    if not networks:
+        return False
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -71,6 +73,8 @@ def _ip_in(ip: str, networks: tuple[Any, ...]) -> bool:
 
 def _plain_ip(ip: str) -> str:
     """`::ffff:1.2.3.4` → `1.2.3.4` (dual-stack listeners)."""
+    if ":" not in ip:
+        return ip      # an IPv4 address from the kernel is already in canonical form
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

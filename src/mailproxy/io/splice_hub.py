@@ -107,6 +107,8 @@ class SpliceHub:
                 self._read(end)
             elif events & _FAIL:
                 self._close(end.session, end.side, "")
+        except BlockingIOError:
+            pass          # a spurious wake-up: level-triggered epoll reports it again
         except OSError as e:
             if e.errno not in _GONE and e.errno != errno.EBADF:
                 log.error("relay: %s", e)
@@ -115,14 +117,18 @@ class SpliceHub:
     def _read(self, src: _End) -> None:
         if src.fd < 0:
             return
-        pipe = src.pipe = src.pipe or _borrow_pipe()
+        # Only called when nothing is pending: a pipe is borrowed for this read alone.
+        pipe = _borrow_pipe()
         try:
             n = os.splice(src.fd, pipe[1], RELAY_CHUNK, flags=SPLICE_FLAGS)
-        except BlockingIOError:
-            return
+        except BaseException:
+            _return_pipe(pipe)      # still empty
+            raise
         if n == 0:
+            _return_pipe(pipe)
             self._close(src.session, src.side, "")
             return
+        src.pipe = pipe
         result = src.session.result
         if src.side == "client":
             result.client_bytes += n
