@@ -13,11 +13,14 @@ excludes it; Dovecot's C strings cannot hold one) and raises ``ValueError``.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["imap_string", "imap_nstring", "imap_quoted", "to_bytes"]
 
 # Dovecot QUOTED_MAX_ESCAPE_CHARS: after more than 4 quoted-specials a literal is shorter.
 _QUOTED_MAX_ESCAPE_CHARS = 4
 _NEEDS_LITERAL = frozenset(b"\r\n") | frozenset(range(0x80, 0x100))
+_PLAIN = re.compile(rb'[^\x00\r\n"\\\x80-\xff]*')   # quoted as is, no escaping
 
 
 def to_bytes(value: str | bytes) -> bytes:
@@ -31,7 +34,9 @@ def imap_string(value: str | bytes) -> tuple[bytes, int]:
     Returns ``(encoded, literal_count)``: ``encoded`` is ``"..."`` or ``{n}\\r\\n<n bytes>``
     (a synchronizing literal, sent without waiting for ``+`` exactly as Dovecot's proxy
     does), ``literal_count`` is 1 for a literal so the caller can skip the peer's ``+``."""
-    data = to_bytes(value)
+    data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    if _PLAIN.fullmatch(data):
+        return b'"' + data + b'"', 0        # the common case: plain ASCII
     if b"\0" in data:
         raise ValueError("NUL cannot be sent in an IMAP string")
     escapes = 0

@@ -17,6 +17,7 @@ sends ``data_to_send()`` before anything else. A connection that raised
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections import deque
@@ -300,6 +301,11 @@ class _ArgParser:
                 out.append((kind, value))
 
 
+@functools.lru_cache(maxsize=16)
+def _id_reply(name: str, version: str) -> bytes:
+    return b'* ID ("name" ' + imap_quoted(name) + b' "version" ' + imap_quoted(version) + b")\r\n"
+
+
 def _is_authenticate_line(prefix: bytes) -> bool:
     """Dovecot reads AUTHENTICATE's SASL-IR as a raw line (up to 8192 bytes, no literals)."""
     sp = prefix.find(b" ")
@@ -442,8 +448,7 @@ class ServerConnection:
         self._id_seen = False
         self._starttls_done = False
         self._ended: ConnectionEnded | None = None
-        self._id_reply = (b'* ID ("name" ' + imap_quoted(id_name) + b' "version" '
-                          + imap_quoted(id_version) + b")\r\n")
+        self._id_reply = _id_reply(id_name, id_version)
         self._hostname = hostname
         self._clock = clock
         self._final_reply: bytes | None = None
