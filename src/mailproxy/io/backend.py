@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ..protocols import _events as ev
+from .stream import PlainStream
 
 RECONNECT_PAUSE = 1.0        # Dovecot's PROXY_CONNECT_RETRY_MSECS
 RECONNECT_MIN_REMAINING = 1.1
@@ -68,7 +69,7 @@ class BackendLoginError(Exception):
         self.relayed = relayed or []
 
 
-async def connect_tcp(ip: str, port: int, source_ip: str | None) -> trio.SocketStream:
+async def connect_tcp(ip: str, port: int, source_ip: str | None) -> PlainStream:
     family = trio.socket.AF_INET6 if ":" in ip else trio.socket.AF_INET
     sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
     try:
@@ -78,8 +79,7 @@ async def connect_tcp(ip: str, port: int, source_ip: str | None) -> trio.SocketS
     except BaseException:
         sock.close()
         raise
-    stream = trio.SocketStream(sock)
-    return stream
+    return PlainStream(sock)
 
 
 Connector = Callable[[str, int, "str | None"], Awaitable[trio.abc.Stream]]

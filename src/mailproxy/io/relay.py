@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 import trio
+
+from .stream import plain_socket_of
 
 # Large reads keep Python work per byte small; the buffer is allocated by the stream per
 # read and freed at once, so an idle session holds none.
@@ -71,7 +74,7 @@ async def _pump(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream, result: R
     done.cancel()
 
 
-async def _splice_pump(src: trio.SocketStream, dst: trio.SocketStream, result: RelayResult,
+async def _splice_pump(src: Any, dst: Any, result: RelayResult,
                        side: str, done: trio.CancelScope) -> None:
     src_sock, dst_sock = src.socket, dst.socket
     src_fd, dst_fd = src_sock.fileno(), dst_sock.fileno()
@@ -126,8 +129,8 @@ async def relay(client: trio.abc.Stream, server: trio.abc.Stream,
             await client.send_all(server_pending)
             result.server_bytes += len(server_pending)
         pump = _pump
-        if SPLICE and isinstance(client, trio.SocketStream) \
-                and isinstance(server, trio.SocketStream):
+        if SPLICE and plain_socket_of(client) is not None \
+                and plain_socket_of(server) is not None:
             pump = _splice_pump   # type: ignore[assignment]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, client, server, result, "client", nursery.cancel_scope)

@@ -24,6 +24,7 @@ from ..log import log
 from ..passdb.from_config import build_chain_from_config
 from .session import ClientSession, SessionInfo
 from .splice_hub import SpliceHub
+from .stream import PlainStream
 from .tls import BackendContexts, server_context
 
 ACCEPT_BACKOFF = 0.1   # trio's serve_listeners: on EMFILE/ENFILE sleep 100 ms and go on
@@ -265,7 +266,8 @@ class Daemon:
             async with lsock:
                 while True:
                     try:
-                        stream = await lsock.accept()
+                        sock, _ = await lsock.socket.accept()
+                        stream = PlainStream(sock)
                     except OSError as e:
                         if e.errno in SLEEP_ERRNOS:
                             log.error("master: accept() failed: %s; retrying in 100 ms", e)
@@ -275,7 +277,7 @@ class Daemon:
                     assert self.sessions_nursery is not None
                     self.sessions_nursery.start_soon(self.handle, li, stream)
 
-    async def handle(self, li: Listener, stream: trio.SocketStream) -> None:
+    async def handle(self, li: Listener, stream: PlainStream) -> None:
         ctx = self.ctx
         assert ctx is not None
         try:

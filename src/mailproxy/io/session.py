@@ -31,6 +31,7 @@ from ..protocols.forwarding import (TTL_LOOP_REASON, ForwardedFields, from_imap_
                                     new_session_id)
 from . import backend as backend_mod
 from .relay import SPLICE, RelayResult, relay
+from .stream import plain_socket_of
 from .tls import start_tls_server
 
 if TYPE_CHECKING:
@@ -428,8 +429,8 @@ class ClientSession:
 
     async def proxy(self, ok: backend_mod.BackendLoginOK, client_pending: bytes) -> None:
         hub = self.ctx.hub
-        if (hub is not None and SPLICE and isinstance(self.stream, trio.SocketStream)
-                and isinstance(ok.stream, trio.SocketStream)):
+        if (hub is not None and SPLICE and plain_socket_of(self.stream) is not None
+                and plain_socket_of(ok.stream) is not None):
             await self.hand_to_hub(hub, ok, client_pending)
             return
         scope = trio.CancelScope()

@@ -23,6 +23,7 @@ import errno
 import os
 import select
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -71,7 +72,7 @@ class SpliceHub:
     def __len__(self) -> int:
         return len(self.sessions)
 
-    def add(self, client: trio.SocketStream, server: trio.SocketStream,
+    def add(self, client: Any, server: Any,
             on_closed: Callable[[RelayResult], None], info: object = None) -> RelayedSession:
         """Take over two logged-in plain sockets (they must have no pending reads)."""
         # detach(): from here on the descriptors are ours alone; trio's objects are inert.

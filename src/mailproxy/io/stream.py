@@ -1,0 +1,115 @@
+"""PlainStream: a trio Stream over a TCP socket, made for the login dialogue's small I/O.
+
+Owns: the per-operation cost of socket I/O before the relay. trio.SocketStream makes
+every send and receive a full trip through the scheduler (a checkpoint before and after
+the system call), which is a large share of a login's CPU when a login is a dozen small
+reads and writes. Here an operation that can complete at once does so with one system
+call; only an operation that would block waits (trio.lowlevel.wait_readable/writable).
+
+Fairness is kept explicitly: every FAIR_EVERY operations that completed without waiting,
+the task yields once to the scheduler, so a client that floods the proxy cannot starve
+other sessions, and cancellation (login deadline, kick, shutdown) is checked on every
+operation.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as stdlib_socket
+from typing import Any
+
+import trio
+
+FAIR_EVERY = 8
+
+
+class PlainStream(trio.abc.HalfCloseableStream):
+    __slots__ = ("socket", "_fd", "_fast")
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.socket = sock
+        # read(2)/write(2) on the descriptor are recv/send without flags, and need no
+        # private handle on trio's socket object.
+        self._fd = sock.fileno()
+        self._fast = 0
+        try:
+            # Login replies are small and must not wait for Nagle's algorithm.
+            sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, True)
+        except OSError:
+            pass
+
+    async def _after_fast_op(self) -> None:
+        self._fast += 1
+        if self._fast >= FAIR_EVERY:
+            self._fast = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        fd = self._fd
+        if self.socket.fileno() < 0:
+            raise trio.ClosedResourceError("the stream is closed")
+        view = memoryview(data)
+        waited = False
+        while view:
+            try:
+                sent = os.write(fd, view)
+            except BlockingIOError:
+                waited = True
+                await trio.lowlevel.wait_writable(fd)
+                continue
+            except OSError as e:
+                raise trio.BrokenResourceError(str(e)) from e
+            view = view[sent:]
+        if not waited:
+            await self._after_fast_op()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        fd = self._fd
+        if self.socket.fileno() < 0:
+            raise trio.ClosedResourceError("the stream is closed")
+        n = max_bytes or 65536
+        try:
+            data = os.read(fd, n)
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            raise trio.BrokenResourceError(str(e)) from e
+        else:
+            await self._after_fast_op()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, n)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise trio.BrokenResourceError(str(e)) from e
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self._fd)
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        try:
+            self.socket.shutdown(stdlib_socket.SHUT_WR)
+        except OSError:
+            pass
+
+    async def aclose(self) -> None:
+        if self.socket.fileno() >= 0:
+            trio.lowlevel.notify_closing(self._fd)   # wake any task waiting on it
+        self.socket.close()
+        await trio.lowlevel.checkpoint()
+
+    def setsockopt(self, *args: Any) -> None:
+        self.socket.setsockopt(*args)
+
+
+def plain_socket_of(stream: Any) -> trio.socket.SocketType | None:
+    """The socket under a plaintext stream (None for TLS or memory streams)."""
+    if isinstance(stream, (PlainStream, trio.SocketStream)):
+        return stream.socket
+    return None
