@@ -27,6 +27,24 @@ class _JSONFormatter(logging.Formatter):
         })
 
 
+class _TextFormatter(logging.Formatter):
+    """`YYYY-mm-dd HH:MM:SS LEVEL message`; the time text is made once per second, not
+    once per line (two lines per login add up)."""
+
+    _second = -1
+    _text = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        text = f"{self._text} {record.levelname} {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
     # Our lines carry their own context; skip the per-record getpid()/thread look-ups.
     logging.logThreads = False
@@ -36,8 +54,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     if fmt == "json":
         handler.setFormatter(_JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
-                                               "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(_TextFormatter())
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -54,7 +54,6 @@ class BackendLoginOK:
     trailing: bytes                 # backend bytes after its success reply
     ip: str
     port: int
-    local: tuple[str, int]
     reconnects: int
     relayed: list[bytes] = field(default_factory=list)
 
@@ -95,8 +94,6 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
         raise BackendLoginError(
             "CONNECT", f"connect({ip}, {target.port}) failed: "
                        f"{os.strerror(e.errno) if e.errno else e}") from None
-    sock = getattr(stream, "socket", None)
-    local = sock.getsockname()[:2] if sock is not None else ("", 0)
     try:
         if target.ssl_mode:
             stream = trio.SSLStream(stream, contexts.for_mode(target.ssl_mode),
@@ -140,7 +137,7 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
                 relayed.append(event.line)
             elif isinstance(event, ev.BackendLoggedIn):
                 return BackendLoginOK(stream, event, conn.trailing_data(), ip, target.port,
-                                      local, 0, relayed)
+                                      0, relayed)
             elif isinstance(event, ev.BackendLoginFailed):
                 raise BackendLoginError(event.kind.name, event.reason, event)
     except BaseException:

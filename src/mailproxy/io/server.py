@@ -262,11 +262,15 @@ class Daemon:
 
     async def accept_loop(self, li: Listener, lsock: trio.SocketListener,
                           scope: trio.CancelScope) -> None:
+        # A listener bound to one address knows every connection's local address; only a
+        # wildcard bind has to ask the kernel (getsockname) per connection.
+        bound = lsock.socket.getsockname()
+        local = None if bound[0] in ("0.0.0.0", "::") else bound[:2]
         with scope:
             async with lsock:
                 while True:
                     try:
-                        sock, _ = await lsock.socket.accept()
+                        sock, peer = await lsock.socket.accept()
                         stream = PlainStream(sock)
                     except OSError as e:
                         if e.errno in SLEEP_ERRNOS:
@@ -275,17 +279,18 @@ class Daemon:
                             continue
                         raise
                     assert self.sessions_nursery is not None
-                    self.sessions_nursery.start_soon(self.handle, li, stream)
+                    self.sessions_nursery.start_soon(self.handle, li, stream, peer, local)
 
-    async def handle(self, li: Listener, stream: PlainStream) -> None:
+    async def handle(self, li: Listener, stream: PlainStream, peer: Any,
+                     local: Any) -> None:
         ctx = self.ctx
         assert ctx is not None
-        try:
-            peer = stream.socket.getpeername()
-            local = stream.socket.getsockname()
-        except OSError:
-            await trio.aclose_forcefully(stream)
-            return
+        if local is None:
+            try:
+                local = stream.socket.getsockname()
+            except OSError:
+                await trio.aclose_forcefully(stream)
+                return
         ip = peer[0]
         limits = ctx.config.limits
         if self.total >= limits.max_connections or \
