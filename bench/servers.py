@@ -27,6 +27,11 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 
+#: Where trio-mailproxy's code is imported from (PYTHONPATH). run.py points this at a
+#: snapshot of src/ taken when the run starts, so that every restart of the daemon during
+#: one run measures the same code even while the working tree is being edited.
+TRIO_SRC = REPO_ROOT / "src"
+
 #: Every server started and not yet stopped (run.py stops them all in a finally block).
 RUNNING: list["Server"] = []
 
@@ -652,8 +657,9 @@ max_connections_per_ip = 20000
         self.dir = make_tmpdir("bench-trio-")
         self.imap_port = free_port(self.host)
         env = dict(os.environ)
-        src = str(REPO_ROOT / "src")
+        src = str(TRIO_SRC)
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         cfg_path = self.dir / "mailproxy.toml"
         self.pop3_port = free_port(self.host)
         cfg_path.write_text(self._config(self.pop3_port))
