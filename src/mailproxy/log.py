@@ -46,7 +46,9 @@ class _TextFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
-    # Our lines carry their own context; skip the per-record getpid()/thread look-ups.
+    # Our lines carry their own context: skip the per-record getpid()/thread look-ups and
+    # the stack walk that finds the caller's file and line (the costliest part of a record).
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

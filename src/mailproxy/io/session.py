@@ -169,7 +169,8 @@ class ClientSession:
         try:
             await self.proxy(ok, client_pending)
         finally:
-            await trio.aclose_forcefully(ok.stream)
+            if not self.handed_off:      # the hub owns (and closes) handed-off sockets
+                await trio.aclose_forcefully(ok.stream)
 
     def _attempts_text(self) -> str:
         secs = int(trio.current_time() - self.started)
