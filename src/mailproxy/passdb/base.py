@@ -209,6 +209,9 @@ class LookupState:
         """Expand extra-field values in order, as Dovecot sets them one by one: the
         table is taken once (so ``%u`` is the user before this passdb's ``user=``), while
         ``%{passdb:name}`` sees the fields set earlier on the same line."""
+        pairs = tuple(pairs)
+        if not any("%" in value for _, value in pairs):
+            return pairs          # nothing to expand (the common static case): no table
         live = dict(self.fields)
         table = self.variables(fields=live)
         out = []
@@ -431,7 +434,10 @@ class PassdbChain:
                 if ch not in self._username_chars:
                     return None, ("Username character disallowed by auth_username_chars: "
                                   f"0x{ord(ch):02x} (username: {name[:128]})")
-        if self._username_format:
+        if self._username_format == "%Lu":
+            # Dovecot's default auth_username_format, on every login: no table needed.
+            name = name.lower()
+        elif self._username_format:
             table = auth_table(user=name, service=req.protocol, local_ip=req.local_ip,
                                remote_ip=req.remote_ip, local_port=req.local_port,
                                remote_port=req.remote_port, mechanism=req.mechanism,

@@ -126,6 +126,10 @@ def parse_duration(value: str, *, default_unit: str = "s") -> float:
 
 
 def _ip(value: str) -> str | None:
+    parts = value.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
+                               and int(p) < 256 for p in parts):
+        return value       # already a canonical IPv4 address (the usual `host`)
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

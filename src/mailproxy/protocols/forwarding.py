@@ -301,13 +301,25 @@ def _valid_session_id(value: str) -> bool:
     return all(c.isprintable() and not c.isspace() for c in value)
 
 
+def _packed_ip(ip: str) -> bytes:
+    # A canonical dotted quad (what the kernel reports) packs without building an
+    # ipaddress object: this runs once per connection.
+    parts = ip.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):
+        try:
+            return bytes(int(p) for p in parts)
+        except ValueError:
+            pass
+    return ipaddress.ip_address(ip).packed
+
+
 def new_session_id(ip: str, port: int, time_us: int) -> str:
     """Dovecot's login session id: base64 of the lowest 48 bits of the µs timestamp
     (little-endian), the client port (16 bits little-endian) and the IP's bytes (4 for
     IPv4, 16 for IPv6; an empty ip counts as 0.0.0.0). 16 characters for IPv4, 32 for
     IPv6; no padding is ever needed."""
     raw = (time_us & 0xFFFF_FFFF_FFFF).to_bytes(6, "little") + (port & 0xFFFF).to_bytes(2, "little")
-    raw += ipaddress.ip_address(ip).packed if ip else b"\0\0\0\0"
+    raw += _packed_ip(ip) if ip else b"\0\0\0\0"
     return base64.b64encode(raw).decode("ascii").rstrip("=")
 
 
