@@ -19,7 +19,9 @@ in turn when a connect fails (Dovecot only ever uses the first).
 from __future__ import annotations
 
 
+import errno
 import os
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -69,13 +71,23 @@ class BackendLoginError(Exception):
 
 
 async def connect_tcp(ip: str, port: int, source_ip: str | None) -> PlainStream:
-    family = trio.socket.AF_INET6 if ":" in ip else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    """A non-blocking connect: the task waits only for the handshake to finish."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        sock.setblocking(False)
         if source_ip:
-            await sock.bind((source_ip, 0))
-        await sock.connect((ip, port))
+            sock.bind((source_ip, 0))
+        err = sock.connect_ex((ip, port))
+        if err == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if err:
+            raise OSError(err, os.strerror(err))
     except BaseException:
+        trio.lowlevel.notify_closing(sock)
         sock.close()
         raise
     return PlainStream(sock)

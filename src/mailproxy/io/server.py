@@ -136,31 +136,32 @@ def raise_nofile_limit() -> int:
 LISTEN_BACKLOG = 4096
 
 
-async def open_listeners(li: Listener, *, reuse_port: bool) -> list[trio.SocketListener]:
-    """Bind one listener address. With several workers every process binds its own
-    socket with SO_REUSEPORT and the kernel spreads new connections across them."""
+ACCEPT_BATCH = 16      # connections accepted per wake-up before yielding to sessions
+
+
+async def open_listeners(li: Listener, *, reuse_port: bool) -> list[socket.socket]:
+    """Bind one listener address (non-blocking sockets). With several workers every
+    process binds its own socket with SO_REUSEPORT and the kernel spreads new connections
+    across them."""
     host = li.bind.host or None
     infos = await trio.socket.getaddrinfo(host, li.bind.port, type=socket.SOCK_STREAM,
                                           flags=socket.AI_PASSIVE)
-    out: list[trio.SocketListener] = []
+    out: list[socket.socket] = []
     try:
         for family, type_, proto, _, sockaddr in infos:
-            sock = trio.socket.socket(family, type_, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                await sock.bind(sockaddr)
-                sock.listen(LISTEN_BACKLOG)
-            except BaseException:
-                sock.close()
-                raise
-            out.append(trio.SocketListener(sock))
+            sock = socket.socket(family, type_, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)          # a numeric address: does not block
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
     except BaseException:
-        for lsock in out:
-            await lsock.aclose()
+        for sock in out:
+            sock.close()
         raise
     return out
 
@@ -260,26 +261,43 @@ class Daemon:
             log.info("%s: listening on %s (%s, tls=%s)", self.name, li.bind, li.protocol,
                      li.tls)
 
-    async def accept_loop(self, li: Listener, lsock: trio.SocketListener,
+    async def accept_loop(self, li: Listener, lsock: socket.socket,
                           scope: trio.CancelScope) -> None:
+        """Accept until cancelled. Connections waiting in the backlog are taken in
+        batches with plain accept(2) calls; the task waits (and yields) only when the
+        backlog is empty, and yields at least every ACCEPT_BATCH connections."""
         # A listener bound to one address knows every connection's local address; only a
         # wildcard bind has to ask the kernel (getsockname) per connection.
-        bound = lsock.socket.getsockname()
+        bound = lsock.getsockname()
         local = None if bound[0] in ("0.0.0.0", "::") else bound[:2]
+        assert self.sessions_nursery is not None
+        start = self.sessions_nursery.start_soon
+        batch = 0
         with scope:
-            async with lsock:
+            try:
                 while True:
                     try:
-                        sock, peer = await lsock.socket.accept()
-                        stream = PlainStream(sock)
+                        sock, peer = lsock.accept()
+                    except BlockingIOError:
+                        batch = 0
+                        await trio.lowlevel.wait_readable(lsock)
+                        continue
                     except OSError as e:
                         if e.errno in SLEEP_ERRNOS:
-                            log.error("master: accept() failed: %s; retrying in 100 ms", e)
+                            log.error("%s: accept() failed: %s; retrying in 100 ms",
+                                      self.name, e)
                             await trio.sleep(ACCEPT_BACKOFF)
                             continue
                         raise
-                    assert self.sessions_nursery is not None
-                    self.sessions_nursery.start_soon(self.handle, li, stream, peer, local)
+                    sock.setblocking(False)
+                    start(self.handle, li, PlainStream(sock), peer, local)
+                    batch += 1
+                    if batch >= ACCEPT_BATCH:
+                        batch = 0
+                        await trio.lowlevel.checkpoint()
+            finally:
+                trio.lowlevel.notify_closing(lsock)
+                lsock.close()
 
     async def handle(self, li: Listener, stream: PlainStream, peer: Any,
                      local: Any) -> None:

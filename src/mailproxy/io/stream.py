@@ -26,7 +26,9 @@ FAIR_EVERY = 8
 class PlainStream(trio.abc.HalfCloseableStream):
     __slots__ = ("socket", "_fd", "_fast")
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
+    def __init__(self, sock: Any) -> None:
+        # `sock`: a non-blocking stdlib socket (or a trio socket): only its descriptor,
+        # setsockopt, shutdown, detach and close are used.
         self.socket = sock
         # read(2)/write(2) on the descriptor are recv/send without flags, and need no
         # private handle on trio's socket object.
