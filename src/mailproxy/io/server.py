@@ -177,7 +177,7 @@ class Daemon:
         self.total = 0
         self.listeners: dict[tuple[str, int, str, str, bool], tuple[Any, trio.CancelScope]] = {}
         self.sessions_nursery: trio.Nursery | None = None
-        self.session_scopes: set[trio.CancelScope] = set()
+        self.logging_in = 0     # session tasks still running (not yet handed to the hub)
         self.ready = trio.Event()
         self.hub = SpliceHub()
 
@@ -200,12 +200,12 @@ class Daemon:
                     stop = await self.wait_signals(sigs)
                     accept.cancel_scope.cancel()
                 # Listeners are closed: drain sessions for shutdown_grace, then cancel.
-                if self.session_scopes or len(self.hub):
+                if self.logging_in or len(self.hub):
                     log.info("%s: stopping; %d sessions draining for up to %gs", self.name,
-                             len(self.session_scopes) + len(self.hub),
+                             self.logging_in + len(self.hub),
                              self.ctx.config.shutdown_grace)
                 with trio.move_on_after(self.ctx.config.shutdown_grace):
-                    while self.session_scopes or len(self.hub):
+                    while self.logging_in or len(self.hub):
                         await trio.sleep(0.05)
                 sessions.cancel_scope.cancel()
         await self.ctx.aclose()
@@ -336,18 +336,16 @@ class Daemon:
             else:
                 del self.per_ip[ip]
 
-        scope = trio.CancelScope()
-        self.session_scopes.add(scope)
+        self.logging_in += 1
         session = ClientSession(ctx, li, stream, peer[:2], local[:2], release=release)
         try:
-            with scope:
-                await session.run()
+            await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
         except Exception:
             log.exception("master: internal error in session %s", session.info.session_id)
         finally:
-            self.session_scopes.discard(scope)
+            self.logging_in -= 1
             if not session.handed_off:
                 release()
                 await trio.aclose_forcefully(session.stream)
