@@ -8,6 +8,7 @@ Dovecot's proxy does; nothing is injected into the client stream when the backen
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from typing import Any
 
@@ -28,10 +29,22 @@ MAX_POOLED_PIPES = 32
 _pipes: list[tuple[int, int]] = []
 
 
+# A larger pipe moves a bulk transfer (FETCH/APPEND of a big message) in fewer splice
+# calls, each of which costs a trip through Python; pages are only used while data sits in
+# the pipe, so an idle pooled pipe costs nothing extra.
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
 def _borrow_pipe() -> tuple[int, int]:
     if _pipes:
         return _pipes.pop()
-    return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(pipe[1], F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass          # over /proc/sys/fs/pipe-max-size: the default 64 KiB still works
+    return pipe
 
 
 def _return_pipe(pipe: tuple[int, int]) -> None:

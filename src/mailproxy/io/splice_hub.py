@@ -28,7 +28,9 @@ from typing import Any
 import trio
 
 from ..log import log
-from .relay import RELAY_CHUNK, SPLICE_FLAGS, RelayResult, _borrow_pipe, _return_pipe
+from .relay import PIPE_SIZE, SPLICE_FLAGS, RelayResult, _borrow_pipe, _return_pipe
+
+READS_PER_WAKEUP = 8
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _FAIL = select.EPOLLERR | select.EPOLLHUP
@@ -116,28 +118,34 @@ class SpliceHub:
             self._close(end.session, end.side, os.strerror(e.errno) if e.errno else str(e))
 
     def _read(self, src: _End) -> None:
-        if src.fd < 0:
-            return
-        # Only called when nothing is pending: a pipe is borrowed for this read alone.
-        pipe = _borrow_pipe()
-        try:
-            n = os.splice(src.fd, pipe[1], RELAY_CHUNK, flags=SPLICE_FLAGS)
-        except BaseException:
-            _return_pipe(pipe)      # still empty
-            raise
-        if n == 0:
-            _return_pipe(pipe)
-            self._close(src.session, src.side, "")
-            return
-        src.pipe = pipe
-        result = src.session.result
-        if src.side == "client":
-            result.client_bytes += n
-        else:
-            result.server_bytes += n
-        result.last_activity = trio.current_time()
-        src.pending = n
-        self._drain(src)
+        # Only called when nothing is pending: a pipe is borrowed for these reads alone.
+        # A bulk transfer is moved in up to READS_PER_WAKEUP rounds before going back to
+        # epoll, so other sessions still get their turn.
+        for _ in range(READS_PER_WAKEUP):
+            if src.fd < 0 or src.pending:
+                return
+            pipe = _borrow_pipe()
+            try:
+                n = os.splice(src.fd, pipe[1], PIPE_SIZE, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                _return_pipe(pipe)      # still empty: wait for epoll
+                return
+            except BaseException:
+                _return_pipe(pipe)
+                raise
+            if n == 0:
+                _return_pipe(pipe)
+                self._close(src.session, src.side, "")
+                return
+            src.pipe = pipe
+            result = src.session.result
+            if src.side == "client":
+                result.client_bytes += n
+            else:
+                result.server_bytes += n
+            result.last_activity = trio.current_time()
+            src.pending = n
+            self._drain(src)
 
     def _drain(self, src: _End) -> None:
         """Move `src`'s pending pipe bytes to its peer; watch the peer if it is full."""
