@@ -245,7 +245,8 @@ class Bench:
                               authhttp_binary=self.authhttp,
                               proxy_buffer=self.args.nginx_proxy_buffer)
         elif name == "trio":
-            workers = self.status.get("trio", {}).get("workers", self.cores)
+            workers = self.status.get("trio", {}).get(
+                "workers", self.args.trio_workers or self.cores)
             t = servers.TrioMailproxy(name, TARGET_HOSTS[name], b, self.cores, workers=workers)
         else:
             raise ValueError(name)
@@ -826,6 +827,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fetch-reps", type=int, help="FETCHes of the 20 MiB message (full: 30)")
     p.add_argument("--append-reps", type=int, help="APPENDs of 20 MiB (full: 10)")
     p.add_argument("--nginx-proxy-buffer", default="", help="e.g. 64k (default: nginx's)")
+    p.add_argument("--trio-workers", type=int, default=0,
+                   help="trio-mailproxy's workers (default: the number of cores, as issue 4 "
+                        "asks; 1 shows the single-process figures)")
     p.add_argument("--out", type=Path, help="results directory (default bench/results; "
                    "smoke: a temporary one unless given)")
     p.add_argument("--no-install", action="store_true", help="never run bench/install.sh")

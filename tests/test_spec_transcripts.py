@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 
 from mailproxy import __version__
+from tests.support import transcripts
 from tests.support.net import free_port
 from tests.support.proxy import MailProxy
 
-SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "imap"
-TRANSCRIPTS = sorted(SPEC_DIR.glob("*.txt"))
+TRANSCRIPTS = transcripts.all_transcripts()
 CLIENT_IP, PROXY_IP, BACKEND_IP = "127.0.0.2", "127.0.0.3", "127.0.0.1"
 GREETING = "trio-mailproxy ready."
 LEG_TIMEOUT = 20.0
@@ -51,47 +51,37 @@ DEVIATIONS: dict[str, str] = {
 
 
 @dataclass
-class Transcript:
+class Script:
+    """A transcript as the two scripted peers play it."""
     name: str
-    passdb: str = ""
-    trusted: str = ""
-    backend_cert_wrong: bool = False
+    passdb: str
+    trusted: list[str]
+    backend_cert_wrong: bool
     client: list[tuple[str, str]] = field(default_factory=list)
     backend: list[list[tuple[str, str]]] = field(default_factory=list)
 
 
-def parse(path: Path) -> Transcript:
-    t = Transcript(path.stem)
-    for raw in path.read_text().split("\n"):
-        if raw.startswith("# passdb: "):
-            t.passdb = raw[len("# passdb: "):]
-        elif raw.startswith("# login_trusted_networks:"):
-            t.trusted = raw.split(":", 1)[1].strip()
-        elif raw.startswith("# backend tls:"):
-            t.backend_cert_wrong = "wrong.example" in raw
-        elif raw.startswith("#") or not raw:
-            continue
-        elif raw.startswith("C>P: "):
-            t.client.append(("send", raw[5:]))
-        elif raw.startswith("P>C: "):
-            t.client.append(("expect", IDENTITY.get(raw[5:], raw[5:])))
-        elif raw.startswith("-- client close"):
-            t.client.append(("eof", ""))
-        elif raw.startswith("-- backend connect"):
-            t.backend.append([])
-        elif raw.startswith("S>P: "):
-            t.backend[-1].append(("send", raw[5:]))
-        elif raw.startswith("P>S: "):
-            t.backend[-1].append(("expect", raw[5:]))
-        elif raw == "-- backend tls":
-            t.backend[-1].append(("tls", ""))
-        elif raw == "-- backend close by server":
-            t.backend[-1].append(("close", ""))
-        elif raw == "-- backend close by proxy":
-            t.backend[-1].append(("eof", ""))
-        else:
-            raise AssertionError(f"{path.name}: unknown line {raw!r}")
-    return t
+# Step kinds, from each scripted peer's point of view.
+CLIENT_STEPS = {"C>P": "send", "P>C": "expect", "close": "eof"}
+BACKEND_STEPS = {"S>P": "send", "P>S": "expect", "tls": "tls"}
+
+
+def parse(path: Path) -> Script:
+    t = transcripts.parse(path)
+    script = Script(t.name, t.headers.get("passdb", ""), t.trusted_networks,
+                    "wrong.example" in t.headers.get("backend tls", ""))
+    for kind, text in t.client:
+        step = CLIENT_STEPS[kind]
+        script.client.append((step, IDENTITY.get(text, text) if step == "expect" else text))
+    for connection in t.backend:
+        steps = []
+        for kind, text in connection:
+            if kind == "close":
+                steps.append(("close" if text == "by server" else "eof", ""))
+            else:
+                steps.append((BACKEND_STEPS[kind], text))
+        script.backend.append(steps)
+    return script
 
 
 def pattern(template: str, values: dict[str, str]) -> re.Pattern[str]:
@@ -129,7 +119,7 @@ class Leg:
             return True
 
 
-def run_backend(t: Transcript, srv: socket.socket, values: dict[str, str],
+def run_backend(t: Script, srv: socket.socket, values: dict[str, str],
                 ctx: ssl.SSLContext, errors: list[str]) -> None:
     try:
         for n, steps in enumerate(t.backend, start=1):
@@ -158,7 +148,7 @@ def run_backend(t: Transcript, srv: socket.socket, values: dict[str, str],
         errors.append(f"backend leg: {type(e).__name__}: {e}")
 
 
-def run_client(t: Transcript, port: int, values: dict[str, str], errors: list[str]) -> None:
+def run_client(t: Script, port: int, values: dict[str, str], errors: list[str]) -> None:
     sock = socket.create_connection((PROXY_IP, port), LEG_TIMEOUT,
                                     source_address=(CLIENT_IP, 0))
     values["client_port"] = str(sock.getsockname()[1])
@@ -204,7 +194,7 @@ def test_transcript(path: Path, tls_certs) -> None:  # type: ignore[no-untyped-d
               "proxy_port": str(proxy_port), "backend_port": str(backend_port)}
     passdb = t.passdb.replace("{backend_port}", str(backend_port))
     passdb = passdb.replace("\\", "\\\\").replace('"', '\\"')   # a TOML basic string
-    trusted = ", ".join(f'"{n}"' for n in t.trusted.replace(",", " ").split())
+    trusted = ", ".join(f'"{n}"' for n in t.trusted)
     errors: list[str] = []
     with MailProxy(f'[[passdb]]\ndriver = "static"\nargs = "{passdb}"\n', host=PROXY_IP,
                    ports=[proxy_port], ca_file=tls_certs.ca,

@@ -38,8 +38,9 @@ from mailproxy.protocols import (
     imap,
 )
 from mailproxy.protocols.forwarding import from_imap_id
+from tests.support import transcripts
 
-SPEC = Path(__file__).resolve().parents[2] / "spec" / "imap"
+SPEC = transcripts.SPEC_DIR
 CLIENT_PORT, PROXY_PORT = 40001, 143
 RECONNECT_KINDS = {BackendFailure.CONNECT, BackendFailure.PROTOCOL, BackendFailure.REMOTE,
                    BackendFailure.AUTH_TEMPFAIL}
@@ -56,23 +57,21 @@ class Scenario:
 
 
 def parse(path: Path) -> Scenario:
-    sc = Scenario(path.stem)
-    for raw in path.read_text(encoding="utf-8").split("\n"):
-        if raw.startswith("# passdb: "):
-            for item in raw[len("# passdb: "):].split(" "):
-                key, _, value = item.partition("=")
-                sc.passdb[key] = value
-        elif raw.startswith("# login_trusted_networks:"):
-            sc.trusted = bool(raw.split(":", 1)[1].strip())
-        elif raw.startswith(("C>P: ", "P>C: ")):
-            sc.client.append(("in" if raw[0] == "C" else "out", raw[5:]))
-        elif raw.startswith(("S>P: ", "P>S: ")):
-            sc.backend.append(("in" if raw[0] == "S" else "out", raw[5:]))
-        elif raw.startswith("-- backend "):
-            what = raw[len("-- backend "):]
-            kind = ("connect" if what.startswith("connect") else "eof"
-                    if what == "close by server" else "tls" if what == "tls" else "closed")
-            sc.backend.append((kind, what))
+    t = transcripts.parse(path)
+    sc = Scenario(t.name, t.passdb, bool(t.trusted_networks))
+    for kind, text in t.client:
+        if kind in ("C>P", "P>C"):
+            sc.client.append(("in" if kind == "C>P" else "out", text))
+    for connection in t.backend:
+        sc.backend.append(("connect", "connect"))
+        for kind, text in connection:
+            if kind in ("S>P", "P>S"):
+                sc.backend.append(("in" if kind == "S>P" else "out", text))
+            elif kind == "tls":
+                sc.backend.append(("tls", "tls"))
+            elif kind == "close":
+                sc.backend.append(("eof" if text == "by server" else "closed",
+                                   "close " + text))
     return sc
 
 
