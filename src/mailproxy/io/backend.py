@@ -71,7 +71,10 @@ class BackendLoginError(Exception):
 
 
 async def connect_tcp(ip: str, port: int, source_ip: str | None) -> PlainStream:
-    """A non-blocking connect: the task waits only for the handshake to finish."""
+    """Start a non-blocking connect and return at once: IMAP/POP3/SMTP backends speak
+    first, so waiting for the banner also waits for the handshake, and a login saves a
+    wake-up. A connect that fails shows up on the first read or write, where
+    `connect_failure()` turns it back into Dovecot's `connect(ip, port) failed: ...`."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -79,18 +82,36 @@ async def connect_tcp(ip: str, port: int, source_ip: str | None) -> PlainStream:
         if source_ip:
             sock.bind((source_ip, 0))
         err = sock.connect_ex((ip, port))
-        if err == errno.EINPROGRESS:
-            await trio.lowlevel.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        if err:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if err and err != errno.EINPROGRESS:
             raise OSError(err, os.strerror(err))
     except BaseException:
         trio.lowlevel.notify_closing(sock)
         sock.close()
         raise
-    return PlainStream(sock)
+    stream = PlainStream(sock)
+    stream.connecting = err == errno.EINPROGRESS
+    return stream
+
+
+async def wait_connected(stream: Any) -> None:
+    """Finish a pending connect (before TLS, where we must write first)."""
+    if getattr(stream, "connecting", False):
+        await trio.lowlevel.wait_writable(stream.socket)
+        stream.connecting = False
+        err = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+
+
+def connect_failure(stream: Any, e: BaseException, ip: str, port: int) -> str | None:
+    """The connect() error behind a failed first read or write, if that is what it was."""
+    if not getattr(stream, "connecting", False):
+        return None
+    cause = e.__cause__ if isinstance(e.__cause__, OSError) else None
+    if cause is None or not cause.errno:
+        return None
+    return f"connect({ip}, {port}) failed: {os.strerror(cause.errno)}"
 
 
 Connector = Callable[[str, int, "str | None"], Awaitable[trio.abc.Stream]]
@@ -106,8 +127,15 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
         raise BackendLoginError(
             "CONNECT", f"connect({ip}, {target.port}) failed: "
                        f"{os.strerror(e.errno) if e.errno else e}") from None
+    plain = stream
     try:
         if target.ssl_mode:
+            try:
+                await wait_connected(stream)
+            except OSError as e:
+                raise BackendLoginError(
+                    "CONNECT", f"connect({ip}, {target.port}) failed: "
+                               f"{os.strerror(e.errno) if e.errno else e}") from None
             stream = trio.SSLStream(stream, contexts.for_mode(target.ssl_mode),
                                     server_hostname=target.host)
             try:
@@ -126,8 +154,12 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
                 try:
                     data = await stream.receive_some(65536)
                 except trio.BrokenResourceError as e:
+                    reason = connect_failure(plain, e, ip, target.port)
                     raise BackendLoginError(
-                        "CONNECT", f"Disconnected by server: {_ssl_reason(e)}") from None
+                        "CONNECT", reason or f"Disconnected by server: {_ssl_reason(e)}"
+                    ) from None
+                if getattr(plain, "connecting", False):
+                    plain.connecting = False    # data came: the connect had succeeded
                 if not data:
                     raise BackendLoginError(
                         "CONNECT", f"Disconnected by server "

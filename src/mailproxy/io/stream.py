@@ -24,7 +24,7 @@ FAIR_EVERY = 8
 
 
 class PlainStream(trio.abc.HalfCloseableStream):
-    __slots__ = ("socket", "_fd", "_fast")
+    __slots__ = ("socket", "_fd", "_fast", "connecting")
 
     def __init__(self, sock: Any) -> None:
         # `sock`: a non-blocking stdlib socket (or a trio socket): only its descriptor,
@@ -34,6 +34,7 @@ class PlainStream(trio.abc.HalfCloseableStream):
         # private handle on trio's socket object.
         self._fd = sock.fileno()
         self._fast = 0
+        self.connecting = False    # a non-blocking connect not yet known to be complete
         try:
             # Login replies are small and must not wait for Nagle's algorithm.
             sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, True)
