@@ -5,15 +5,15 @@ decides, asks the passdb, logs in to the backend, and answers), the login deadli
 failure delay, chained-proxy trust, and the Dovecot-shaped log lines of a session.
 Protocol bytes are never built here: every reply comes from the protocol object.
 
-One session = one task (spawned by the listener's nursery); the backend login and relay
-run inside it, so cancelling the session (shutdown, kick) cancels everything it started.
+One session = one task (spawned by the listener's nursery) until the backend login is
+done, so cancelling it (shutdown) cancels everything it started. Then a plain-TCP session
+is handed to the splice hub and the task ends (an idle session costs no task); a TLS
+session stays in its task and relays with io/relay.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import random
-import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 # Dovecot's fresh-client TTL (wire reference §0.4): the proxy sends TTL-1.
 FRESH_TTL = 5
-PROTOCOL_DEFAULT_PORTS = {"imap": (143, 993)}
 
 
 @dataclass(slots=True, eq=False)   # identity hash: kept in the context's session set
