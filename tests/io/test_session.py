@@ -54,13 +54,19 @@ async def read_line(stream: trio.abc.ReceiveStream, buf: bytearray) -> bytes:
     return line
 
 
-async def test_silent_client_gets_bye_at_the_login_deadline(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    config = load_config(write_config(tmp_path, "[limits]\nlogin_timeout = 30"))
+async def client_and_session(tmp_path: Path, extra: str) -> tuple[trio.abc.Stream,
+                                                                  ClientSession]:
+    """A session on a memory stream, from 127.0.0.9 to our listener; the client end."""
+    config = load_config(write_config(tmp_path, extra))
     ctx = await build_context(config)
     client, proxy_side = trio.testing.memory_stream_pair()
-    session = ClientSession(ctx, config.listeners[0], proxy_side, ("127.0.0.9", 5555),
-                            ("127.0.0.1", 10143))
+    return client, ClientSession(ctx, config.listeners[0], proxy_side, ("127.0.0.9", 5555),
+                                 ("127.0.0.1", 10143))
+
+
+async def test_silent_client_gets_bye_at_the_login_deadline(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    client, session = await client_and_session(tmp_path, "[limits]\nlogin_timeout = 30")
     buf = bytearray()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
@@ -72,11 +78,7 @@ async def test_silent_client_gets_bye_at_the_login_deadline(
 
 async def test_the_deadline_also_covers_a_client_stuck_mid_literal(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    config = load_config(write_config(tmp_path, "[limits]\nlogin_timeout = 10"))
-    ctx = await build_context(config)
-    client, proxy_side = trio.testing.memory_stream_pair()
-    session = ClientSession(ctx, config.listeners[0], proxy_side, ("127.0.0.9", 5555),
-                            ("127.0.0.1", 10143))
+    client, session = await client_and_session(tmp_path, "[limits]\nlogin_timeout = 10")
     buf = bytearray()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
