@@ -30,13 +30,13 @@ from ..protocols._errors import RemoteProtocolError
 from ..protocols.forwarding import (TTL_LOOP_REASON, ForwardedFields, from_imap_id,
                                     new_session_id)
 from . import backend as backend_mod
-from .relay import SPLICE, RelayResult, relay
+from .relay import RelayResult, relay
+from .splice_hub import SPLICE, SpliceHub
 from .stream import plain_socket_of
 from .tls import start_tls_server
 
 if TYPE_CHECKING:
     from .server import ProxyContext
-    from .splice_hub import SpliceHub
     from ..config import Listener
 
 # Dovecot's fresh-client TTL (wire reference §0.4): the proxy sends TTL-1.
@@ -448,7 +448,7 @@ class ClientSession:
         if result is not None:
             self.log_disconnect(result)
 
-    async def hand_to_hub(self, hub: "SpliceHub", ok: backend_mod.BackendLoginOK,
+    async def hand_to_hub(self, hub: SpliceHub, ok: backend_mod.BackendLoginOK,
                           client_pending: bytes) -> None:
         """Plain TCP both ways: the hub relays it with no task of its own. What the
         closing log line needs is computed now, so the session object can go."""
