@@ -219,7 +219,8 @@ async def login(target: BackendTarget, make_conn: Callable[[], Any], contexts: A
         attempt_started = trio.current_time()
         current: list[Any] = []
         error: BackendLoginError | None = None
-        with trio.move_on_after(target.timeout) as scope:
+        # CancelScope(deadline=...) is move_on_after() without its context-manager wrapper
+        with trio.CancelScope(deadline=trio.current_time() + target.timeout) as scope:
             # A connect that fails outright moves on to the next resolved address at once.
             for _ in range(len(target.addresses)):
                 ip = target.addresses[addr_index % len(target.addresses)]

@@ -139,7 +139,8 @@ class ClientSession:
         ok: backend_mod.BackendLoginOK | None = None
         end_reason = "Disconnected"
         try:
-            with trio.move_on_after(cfg.limits.login_timeout) as login_scope:
+            with trio.CancelScope(deadline=self.started + cfg.limits.login_timeout) \
+                    as login_scope:
                 if self.listener.tls == "implicit":
                     assert self.ctx.server_tls is not None
                     self.stream = await start_tls_server(self.stream, self.ctx.server_tls)
@@ -418,9 +419,9 @@ class ClientSession:
         host_text = f" ({decision.host})" if decision.host != ok.ip else ""
         as_user = f" as user {decision.destuser}" if decision.destuser != user else ""
         master = f" (master {decision.master})" if decision.master else ""
-        log.info("%s: Started proxying to <%s>%s%s%s (%s): %s",
-                 prefix.format(ip=ok.ip), ok.ip, host_text, as_user, master, timing,
-                 self.vars(user, method))
+        logmod.info_line(f"{prefix.format(ip=ok.ip)}: Started proxying to <{ok.ip}>"
+                         f"{host_text}{as_user}{master} ({timing}): "
+                         f"{self.vars(user, method)}")
         self.log_prefix = prefix.format(ip=ok.ip)
         self.log_user, self.log_method = user, method
         return ok
@@ -486,5 +487,5 @@ def log_disconnect(prefix: str, vars_text: str, result: RelayResult) -> None:
     who = "Disconnected by client" if result.closed_by == "client" else \
         "Disconnected by server"
     err = f": {result.error}" if result.error else ""
-    log.info("%s: %s%s (%ds idle, in=%d, out=%d): %s", prefix, who, err, idle,
-             result.client_bytes, result.server_bytes, vars_text)
+    logmod.info_line(f"{prefix}: {who}{err} ({idle}s idle, in={result.client_bytes}, "
+                     f"out={result.server_bytes}): {vars_text}")

@@ -32,6 +32,10 @@ from ..log import log
 from .relay import RelayResult
 
 READS_PER_WAKEUP = 8
+# A read this short (a command, a reply line) emptied the socket's receive queue: the
+# next splice would only say EAGAIN. Level-triggered epoll reports anything that arrives
+# after it.
+SMALL_READ = 16384
 
 # Plaintext on both sides: the kernel moves the bytes (socket → pipe → socket, zero copy)
 # with os.splice; Python only waits for readiness. Pipes are lent from a small pool while
@@ -184,6 +188,8 @@ class SpliceHub:
             result.last_activity = trio.current_time()
             src.pending = n
             self._drain(src)
+            if n < SMALL_READ:
+                return    # the socket was drained: skip the splice that would say EAGAIN
 
     def _drain(self, src: _End) -> None:
         """Move `src`'s pending pipe bytes to its peer; watch the peer if it is full."""
@@ -215,10 +221,8 @@ class SpliceHub:
         for end in (session.client, session.server):
             if end.fd >= 0:
                 self._ends.pop(end.fd, None)
-                try:
-                    self._epoll.unregister(end.fd)
-                except OSError:
-                    pass
+                # No EPOLL_CTL_DEL: closing the only descriptor of the socket (detached
+                # from trio's objects in add()) removes it from the epoll set.
                 os.close(end.fd)
                 end.fd = -1
             if end.pipe is not None:   # bytes still in flight: the session is over anyway

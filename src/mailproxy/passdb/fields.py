@@ -104,6 +104,9 @@ class RoutingDecision:
         return self.host is not None and self.hostip is None
 
 
+_SPACE_RE = re.compile(r"\s")
+
+
 def parse_duration(value: str, *, default_unit: str = "s") -> float:
     """Dovecot's time settings: ``30`` (default unit), ``500ms``, ``2 s``, ``1min``...
     Returns seconds; ValueError when it is not a duration."""
@@ -125,10 +128,12 @@ def parse_duration(value: str, *, default_unit: str = "s") -> float:
     raise ValueError(f"unknown time unit '{unit}' in '{value}'")
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
 def _ip(value: str) -> str | None:
-    parts = value.split(".")
-    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
-                               and int(p) < 256 for p in parts):
+    if _CANONICAL_IPV4.fullmatch(value):
         return value       # already a canonical IPv4 address (the usual `host`)
     try:
         return str(ipaddress.ip_address(value))
@@ -210,7 +215,7 @@ def routing_decision(
         if hostip is None:
             raise RoutingError("hostip", f"invalid IP address '{fields['hostip']}'")
     if host is not None:
-        if any(c.isspace() for c in host) or "/" in host:
+        if "/" in host or _SPACE_RE.search(host):
             raise RoutingError("host", f"invalid host '{host}'")
         if hostip is None:
             hostip = _ip(host.strip("[]"))

@@ -248,8 +248,12 @@ class BackendLogin:
             if mech not in _CLIENT_MECHANISMS:
                 _fail(f"Unsupported SASL mechanism {self.mechanism}")
             object.__setattr__(self, "mechanism", mech)
-        for name in ("starttls", "nopipelining", "not_trusted", "client_sent_capability", "ssl"):
-            _check_bool(name, getattr(self, name))
+        if not (type(self.starttls) is bool and type(self.nopipelining) is bool
+                and type(self.not_trusted) is bool and type(self.client_sent_capability) is bool
+                and type(self.ssl) is bool):
+            for name in ("starttls", "nopipelining", "not_trusted", "client_sent_capability",
+                         "ssl"):
+                _check_bool(name, getattr(self, name))
         if self.forwarded is not None and not isinstance(self.forwarded, ForwardedFields):
             _fail("forwarded must be ForwardedFields or None")
         for name in ("password", "token"):

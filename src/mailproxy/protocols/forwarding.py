@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -43,6 +44,9 @@ TTL_LOOP_REASON = "TTL reached zero - proxies appear to be looping?"
 
 MAX_SESSION_ID_LEN = 64   # LOGIN_MAX_SESSION_ID_LEN
 MAX_CLIENT_ID_LEN = 256   # LOGIN_MAX_CLIENT_ID_LEN (imap_id_retain)
+
+
+_CTL_RE = re.compile("[\0\r\n]")
 
 
 def _bad(msg: str) -> None:
@@ -82,6 +86,16 @@ class ForwardedFields:
     retained_id: tuple[tuple[str, str | None], ...] = ()
 
     def __post_init__(self) -> None:
+        # The usual case in one pass (this runs for every connection); any doubt falls
+        # through to the checks that name the offending field.
+        sid, oip, cip = self.session_id, self.originating_ip, self.connected_ip
+        if (type(sid) is str and type(oip) is str and type(cip) is str
+                and type(self.originating_port) is int and type(self.connected_port) is int
+                and type(self.ttl) is int and self.ttl >= 0
+                and 0 <= self.originating_port <= 65535 and 0 <= self.connected_port <= 65535
+                and not self.forward and not self.retained_id
+                and not _CTL_RE.search(sid + oip + cip)):
+            return
         _check_text("session_id", self.session_id)
         _check_text("originating_ip", self.originating_ip)
         _check_text("connected_ip", self.connected_ip)
@@ -105,6 +119,9 @@ class ForwardedFields:
         prefix) merged in as Dovecot does: a trusted peer's x-forward fields become the
         auth request's first extra fields, a passdb field of the same name replaces the
         value in place, new names are appended in passdb order."""
+        forward = tuple(forward)
+        if not forward:
+            return self       # the usual case, no forward_ fields: the object is frozen
         merged = list(self.forward)
         index = {name: i for i, (name, _) in enumerate(merged)}
         for name, value in forward:

@@ -365,6 +365,30 @@ def referral_url(destuser: str, mechanism: str, host: str, port: int) -> str:
 # Server role
 # =========================================================================================
 
+@functools.lru_cache(maxsize=16)
+def _server_setup(greeting: str, capability: str | None, hostname: str,
+                  mechanisms: tuple[str, ...], id_name: str, id_version: str
+                  ) -> tuple[tuple[str, ...], str, bytes, bytes]:
+    """What a ServerConnection derives from its settings, checked and built once per
+    distinct settings (every connection of a listener shares them): (mechanisms,
+    capability base, greeting bytes, ID reply)."""
+    for name, text in (("greeting", greeting), ("capability_override", capability or ""),
+                       ("hostname", hostname)):
+        if "\r" in text or "\n" in text or "\0" in text:
+            raise ValueError(f"{name} must not contain CR, LF or NUL")
+    mechs = tuple(m.upper() for m in mechanisms)
+    for m in mechs:
+        if m not in SERVER_MECHANISMS:
+            raise ValueError(f"unsupported SASL mechanism {m!r}")
+    if not capability:
+        base = CAPABILITY_BANNER + " LITERAL+"
+    elif capability.startswith("+"):
+        base = CAPABILITY_BANNER + " " + capability[1:] + " LITERAL+"
+    else:
+        base = capability
+    return mechs, base, greeting.encode("utf-8"), _id_reply(id_name, id_version)
+
+
 class ServerConnection:
     """The client-facing side of an IMAP login (the proxy as IMAP server).
 
@@ -407,15 +431,8 @@ class ServerConnection:
         hostname: str = "localhost",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        capability = capability_override
-        for name, text in (("greeting", greeting), ("capability_override", capability or ""),
-                           ("hostname", hostname)):
-            if "\r" in text or "\n" in text or "\0" in text:
-                raise ValueError(f"{name} must not contain CR, LF or NUL")
-        mechs = tuple(m.upper() for m in mechanisms)
-        for m in mechs:
-            if m not in SERVER_MECHANISMS:
-                raise ValueError(f"unsupported SASL mechanism {m!r}")
+        mechs, base, greeting_bytes, id_reply = _server_setup(
+            greeting, capability_override, hostname, tuple(mechanisms), id_name, id_version)
         self.state = ServerState.NOT_AUTHENTICATED
         self.tls_active = bool(tls_active)
         self.secured = bool(secured) or self.tls_active
@@ -423,12 +440,6 @@ class ServerConnection:
         self._tls_available = bool(tls_available)
         self._disable_plaintext = bool(disable_plaintext_auth)
         self._mechs = mechs
-        if not capability:
-            base = CAPABILITY_BANNER + " LITERAL+"
-        elif capability.startswith("+"):
-            base = CAPABILITY_BANNER + " " + capability[1:] + " LITERAL+"
-        else:
-            base = capability
         self._cap_base = base
         self._cap_bytes = self._build_capability()
         self._greeting = greeting
@@ -440,7 +451,7 @@ class ServerConnection:
             max_raw_line_length=max_line_length + max_literal_size,
             raw_line_too_long=_auth_response_too_large)
         self._out = bytearray(b"* OK [CAPABILITY " + self._cap_bytes + b"] "
-                              + greeting.encode("utf-8") + _CRLF)
+                              + greeting_bytes + _CRLF)
         self._tag = b"*"
         self._mech = "PLAIN"
         self._sasl: ServerExchange | None = None
@@ -448,7 +459,7 @@ class ServerConnection:
         self._id_seen = False
         self._starttls_done = False
         self._ended: ConnectionEnded | None = None
-        self._id_reply = _id_reply(id_name, id_version)
+        self._id_reply = id_reply
         self._hostname = hostname
         self._clock = clock
         self._final_reply: bytes | None = None
@@ -1147,7 +1158,7 @@ class ClientConnection:
         if line[5:17] == b"[CAPABILITY ":
             end = line.find(b"]", 17)
             self._set_caps(line[17:] if end < 0 else line[17:end])
-            upper = {c.upper() for c in self.capabilities or ()}
+            upper = _upper_caps(self.capabilities or ())
             self._sasl_ir = "SASL-IR" in upper
             self._logindisabled = "LOGINDISABLED" in upper
             if "ID" in upper and not login.not_trusted and login.forwarded is not None:
@@ -1234,6 +1245,14 @@ class ClientConnection:
         return None
 
 
+# A backend sends the same capability list on every login: its parse is remembered
+# (bounded: a few backends x banner/login-reply variants).
+@functools.lru_cache(maxsize=32)
+def _upper_caps(caps: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(c.upper() for c in caps)
+
+
+@functools.lru_cache(maxsize=32)
 def _split_caps(raw: bytes) -> tuple[str, ...]:
     # Split on single spaces so " ".join() gives the backend's exact bytes back. A "]" is
     # not an atom character: such a token (only from an untagged "* CAPABILITY" line) is
