@@ -8,6 +8,7 @@ for shutdown_grace then exit 0; SIGHUP reload without dropping sessions).
 from __future__ import annotations
 
 import errno
+import gc
 import ipaddress
 import itertools
 import resource
@@ -352,6 +353,10 @@ class Daemon:
 
 
 def run_daemon(config_path: str, config: Config) -> int:
+    # Everything imported and built so far lives as long as the process: move it out of
+    # the collector's generations, so the collections that login churn triggers do not
+    # scan it again and again, and forked workers share its pages instead of copying them.
+    gc.freeze()
     if config.workers <= 1:
         return trio.run(Daemon(config_path).run, config)
     from .workers import run_workers
