@@ -29,13 +29,14 @@ class Captured(io.StringIO):
 def captured(monkeypatch):
     """setup_logging() writing into a StringIO instead of stderr; restored afterwards."""
     logger = logging.getLogger(logmod.LOGGER_NAME)
-    saved = (logger.handlers[:], logger.level, logger.propagate, logmod._text_handler)
+    saved = (logger.handlers[:], logger.level, logger.propagate, logmod._handler,
+             logmod._fast_text)
     yield Captured(monkeypatch)
     logger.handlers[:], logger.level, logger.propagate = saved[:3]
-    logmod._text_handler = saved[3]
+    logmod._handler, logmod._fast_text = saved[3], saved[4]
 
 
-LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) (.*)")
+LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) (.*)")
 
 
 def test_info_line_matches_a_logged_line(captured):
@@ -75,3 +76,28 @@ def test_info_line_reaches_a_handler_added_later(captured, caplog):
         logger.removeHandler(caplog.handler)
     assert [r.getMessage() for r in caplog.records] == ["seen by both"]
     assert "seen by both" in captured.getvalue()
+
+
+async def test_daemon_batches_info_lines_but_never_warnings(captured, autojump_clock):
+    import trio
+    import trio.testing
+
+    captured.setup("text", "info")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(logmod.flush_periodically)
+        await trio.testing.wait_all_tasks_blocked()   # the writer runs: batching
+        logmod.info_line("first login")
+        logmod.log.info("second line")
+        assert captured.getvalue() == ""         # waiting for the next flush...
+        await trio.sleep(logmod.FLUSH_INTERVAL * 1.5)
+        assert [LINE.fullmatch(x).group(2) for x in captured.getvalue().splitlines()] == [
+            "first login", "second line"]
+        logmod.info_line("third")
+        logmod.log.error("an error")             # ...but an error goes out at once,
+        assert [LINE.fullmatch(x).group(2)       # after what was buffered before it
+                for x in captured.getvalue().splitlines()][2:] == ["third", "an error"]
+        logmod.info_line("at shutdown")
+        nursery.cancel_scope.cancel()
+    assert captured.getvalue().splitlines()[-1].endswith("INFO at shutdown")
+    logmod.info_line("after the daemon")         # no writer task: written at once
+    assert captured.getvalue().splitlines()[-1].endswith("INFO after the daemon")

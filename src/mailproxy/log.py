@@ -16,8 +16,81 @@ import time
 LOGGER_NAME = "mailproxy"
 log = logging.getLogger(LOGGER_NAME)
 
-# The text handler set up by setup_logging(), for info_line(); None = go through logging.
-_text_handler: logging.StreamHandler | None = None
+# Lines wait at most this long in the daemon's buffer (warnings and errors never wait).
+FLUSH_INTERVAL = 0.1
+BUFFER_LIMIT = 16384
+
+
+class LineHandler(logging.StreamHandler):
+    """The stderr handler. While the daemon runs it (`batching`), INFO lines collect in a
+    buffer written out every FLUSH_INTERVAL, or at BUFFER_LIMIT characters: one write(2)
+    for many lines instead of one per line (two per login). A WARNING or worse writes
+    the buffer and itself at once, so order is kept and problems show up immediately."""
+
+    def __init__(self, stream: object) -> None:
+        super().__init__(stream)          # type: ignore[arg-type]
+        self.batching = False
+        self._lines: list[str] = []
+        self._size = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        self.write_line(line, urgent=record.levelno >= logging.WARNING)
+
+    def write_line(self, line: str, urgent: bool = False) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if urgent or not self.batching or self._size >= BUFFER_LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._lines:
+                text = "".join(self._lines)
+                self._lines.clear()
+                self._size = 0
+                self.stream.write(text)
+            if self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
+        except Exception:
+            pass              # stderr gone (closed pipe): nothing left to tell
+        finally:
+            self.release()
+
+
+# The handler set up by setup_logging(); _fast_text: it uses the text format, so
+# info_line() may format lines itself.
+_handler: LineHandler | None = None
+_fast_text = False
+
+
+async def flush_periodically(interval: float = FLUSH_INTERVAL) -> None:
+    """The daemon's log writer task: turns batching on, writes the buffer every
+    *interval*, and writes what is left when cancelled (shutdown)."""
+    import trio
+
+    handler = _handler
+    if handler is None:
+        return
+    handler.batching = True
+    try:
+        while True:
+            await trio.sleep(interval)
+            handler.flush()
+    finally:
+        handler.batching = False
+        handler.flush()
+
+
+def flush() -> None:
+    """Write any buffered lines now (before a process exits with os._exit)."""
+    if _handler is not None:
+        _handler.flush()
 
 
 class _JSONFormatter(logging.Formatter):
@@ -57,22 +130,14 @@ def info_line(message: str) -> None:
     place, the line is formatted and written directly, skipping the LogRecord and the
     handler chain, which cost about a tenth of a login's CPU; otherwise (JSON, tests with
     their own handlers) it is an ordinary log.info()."""
-    handler = _text_handler
-    if handler is None or log.handlers != [handler] or not log.isEnabledFor(logging.INFO):
+    handler = _handler
+    if (not _fast_text or handler is None or log.handlers != [handler]
+            or not log.isEnabledFor(logging.INFO)):
         log.info("%s", message)
         return
     formatter = handler.formatter
     assert isinstance(formatter, _TextFormatter)
-    line = formatter.prefix(time.time(), "INFO") + message + "\n"
-    handler.acquire()
-    try:
-        stream = handler.stream
-        stream.write(line)
-        stream.flush()
-    except Exception:
-        handler.handleError(logging.makeLogRecord({"msg": message}))
-    finally:
-        handler.release()
+    handler.write_line(formatter.prefix(time.time(), "INFO") + message + "\n")
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
@@ -82,14 +147,17 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    global _text_handler
-    handler = logging.StreamHandler(sys.stderr)
+    global _handler, _fast_text
+    if _handler is not None:
+        _handler.flush()          # a reload: nothing buffered is lost
+    handler = LineHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JSONFormatter())
-        _text_handler = None
     else:
         handler.setFormatter(_TextFormatter())
-        _text_handler = handler
+    if _handler is not None:
+        handler.batching = _handler.batching
+    _handler, _fast_text = handler, fmt != "json"
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

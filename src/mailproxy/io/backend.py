@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ..protocols import _events as ev
-from .stream import PlainStream
+from .stream import PlainStream, receive_reply
 
 RECONNECT_PAUSE = 1.0        # Dovecot's PROXY_CONNECT_RETRY_MSECS
 RECONNECT_MIN_REMAINING = 1.1
@@ -76,9 +76,9 @@ async def connect_tcp(ip: str, port: int, source_ip: str | None) -> PlainStream:
     wake-up. A connect that fails shows up on the first read or write, where
     `connect_failure()` turns it back into Dovecot's `connect(ip, port) failed: ...`."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Non-blocking from birth (no extra ioctl); Python sees SOCK_NONBLOCK and agrees.
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
         if source_ip:
             sock.bind((source_ip, 0))
         err = sock.connect_ex((ip, port))
@@ -152,7 +152,8 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
                 await stream.send_all(out)
             if event is ev.NEED_DATA:
                 try:
-                    data = await stream.receive_some(65536)
+                    # Everything a backend sends before login answers us.
+                    data = await receive_reply(stream)
                 except trio.BrokenResourceError as e:
                     reason = connect_failure(plain, e, ip, target.port)
                     raise BackendLoginError(

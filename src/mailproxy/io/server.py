@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from ..config import Config, ConfigErrors, Listener, load_config
+from .. import log as logmod
 from ..log import log
 from ..passdb.from_config import build_chain_from_config
 from .session import ClientSession, SessionInfo
@@ -194,6 +195,7 @@ class Daemon:
             async with trio.open_nursery() as sessions:
                 self.sessions_nursery = sessions
                 sessions.start_soon(self.hub.run)
+                sessions.start_soon(logmod.flush_periodically)
                 async with trio.open_nursery() as accept:
                     self.accept_nursery = accept
                     await self.start_listeners(config)
@@ -211,6 +213,7 @@ class Daemon:
                 sessions.cancel_scope.cancel()
         await self.ctx.aclose()
         log.info("master: stopped (%s)", stop)
+        logmod.flush()
         return 0
 
     async def wait_signals(self, sigs: Any) -> str:

@@ -32,7 +32,7 @@ from ..protocols.forwarding import (TTL_LOOP_REASON, ForwardedFields, from_imap_
 from . import backend as backend_mod
 from .relay import RelayResult, relay
 from .splice_hub import SPLICE, SpliceHub
-from .stream import plain_socket_of
+from .stream import plain_socket_of, receive_reply
 from .tls import start_tls_server
 
 if TYPE_CHECKING:
@@ -195,6 +195,7 @@ class ClientSession:
 
     async def login_dialogue(self, conn: Any) -> backend_mod.BackendLoginOK | None:
         """Serve pre-login commands until a backend login succeeds or the client leaves."""
+        replied = True       # the greeting went out: the client speaks next
         while True:
             try:
                 event = conn.next_event()
@@ -204,9 +205,16 @@ class ClientSession:
                 log.info("%s-login: Disconnected: %s (%s): %s", self.info.protocol, e,
                          self._attempts_text(), self.vars(self.last_user, self.last_method))
                 return None
-            await self.send(conn.data_to_send())
+            out = conn.data_to_send()
+            if out:
+                await self.stream.send_all(out)
+                replied = True
             if event is ev.NEED_DATA:
-                data = await self.stream.receive_some(65536)
+                # After a reply the client has to act: wait, rather than try a read that
+                # can only fail. Otherwise (a command cut in two) the rest may be there.
+                data = await (receive_reply(self.stream) if replied
+                              else self.stream.receive_some(65536))
+                replied = False
                 conn.receive_data(data)   # b"" = EOF: the connection ends itself
             elif isinstance(event, ev.StartTLSRequested):
                 assert self.ctx.server_tls is not None

@@ -91,6 +91,23 @@ class PlainStream(trio.abc.HalfCloseableStream):
             except OSError as e:
                 raise trio.BrokenResourceError(str(e)) from e
 
+    async def receive_reply(self, max_bytes: int | None = None) -> bytes:
+        """receive_some() for the answer to what was just sent (a greeting, a command):
+        the peer cannot have answered yet, so this waits for readability first instead
+        of trying a read that would only fail with EAGAIN."""
+        fd = self._fd
+        if self.socket.fileno() < 0:
+            raise trio.ClosedResourceError("the stream is closed")
+        n = max_bytes or 65536
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, n)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise trio.BrokenResourceError(str(e)) from e
+
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self._fd)
 
@@ -109,6 +126,14 @@ class PlainStream(trio.abc.HalfCloseableStream):
 
     def setsockopt(self, *args: Any) -> None:
         self.socket.setsockopt(*args)
+
+
+async def receive_reply(stream: trio.abc.ReceiveStream, max_bytes: int = 65536) -> bytes:
+    """Receive the peer's answer to what was just sent: PlainStream.receive_reply(), or
+    receive_some() on any other stream (TLS, memory streams)."""
+    if type(stream) is PlainStream:
+        return await stream.receive_reply(max_bytes)
+    return await stream.receive_some(max_bytes)
 
 
 def plain_socket_of(stream: Any) -> trio.socket.SocketType | None:

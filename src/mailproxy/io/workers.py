@@ -15,6 +15,7 @@ import time
 import trio
 
 from ..config import Config
+from .. import log as logmod
 from ..log import log
 
 RESTART_PAUSE = 1.0   # a worker that keeps crashing is not restarted in a tight loop
@@ -33,6 +34,7 @@ def _worker_main(config_path: str, config: Config, index: int) -> None:
     except BaseException:   # the worker's last words go to the log, then it exits
         log.exception("worker %d: exiting after an internal error", index)
     finally:
+        logmod.flush()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
