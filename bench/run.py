@@ -49,12 +49,16 @@ from servers import (  # noqa: E402
 REPO_ROOT = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-ALL_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio"]
+ALL_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio", "floor"]
+# "floor" (bench/floor.py, the least a Trio login proxy can do) is a yardstick for
+# reading trio-mailproxy's figures, run only when asked for.
+DEFAULT_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio"]
 TARGET_HOSTS = {  # distinct loopback addresses make each target's sockets easy to tell apart
     "haproxy": "127.0.2.1",
     "dovecot": "127.0.3.1",
     "nginx": "127.0.4.1",      # its auth_http server: 127.0.4.2
     "trio": "127.0.5.1",
+    "floor": "127.0.6.1",
 }
 
 
@@ -248,6 +252,9 @@ class Bench:
             workers = self.status.get("trio", {}).get(
                 "workers", self.args.trio_workers or self.cores)
             t = servers.TrioMailproxy(name, TARGET_HOSTS[name], b, self.cores, workers=workers)
+        elif name == "floor":
+            t = servers.TrioFloor(name, TARGET_HOSTS[name], b, self.cores,
+                                  workers=self.args.trio_workers or self.cores)
         else:
             raise ValueError(name)
         return t
@@ -529,7 +536,8 @@ class Bench:
 
 def servers_label(name: str) -> str:
     return {"direct": "direct", "haproxy": "haproxy (TCP)", "dovecot": "dovecot proxy",
-            "nginx": "nginx mail", "trio": "trio-mailproxy"}.get(name, name)
+            "nginx": "nginx mail", "trio": "trio-mailproxy",
+            "floor": "trio floor (bench/floor.py)"}.get(name, name)
 
 
 def _brief(key: str, res: dict | None) -> str:
@@ -780,6 +788,13 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
                          + (tr.get("pop3_note") or "?").replace("|", "/") + ").")
         parts.append("Default log_level (info), logged to a file.")
         notes.append(" ".join(parts))
+    if "floor" in avail:
+        notes.append(
+            f"trio floor: bench/floor.py with {args.trio_workers or bench.cores} worker "
+            "process(es) (SO_REUSEPORT), the least a Trio login proxy does: greet, read the "
+            "login, connect, log in with the client's credentials, answer, relay with two "
+            "tasks. No passdb, ID, limits, timeouts or logs: a yardstick for "
+            "trio-mailproxy's figures, not a peer.")
     return notes
 
 
@@ -817,8 +832,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true",
                    help="seconds: one repetition, tiny N, short tests, nothing asserted")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS),
-                   help=f"comma-separated subset of {','.join(ALL_TARGETS)} (direct is always run)")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help=f"comma-separated subset of {','.join(ALL_TARGETS)} (direct is always "
+                        "run; floor = bench/floor.py, the least a Trio login proxy can do, "
+                        "only when named)")
     p.add_argument("--reps", type=int, help="repetitions (full: 5)")
     p.add_argument("--duration", type=float, help="seconds per login test (full: 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per login test (full: 0.5)")

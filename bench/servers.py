@@ -592,6 +592,37 @@ mail {{
             self.auth = None
 
 
+class TrioFloor(Target):
+    """bench/floor.py: the least a Trio login proxy can do (a yardstick, not a peer)."""
+
+    label = "trio floor"
+
+    def __init__(self, *a, workers: int = 1, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.workers = workers
+
+    def start(self) -> "TrioFloor":
+        import sys
+        b = self.backend
+        self.dir = make_tmpdir("bench-floor-")
+        self.imap_port = free_port(self.host)
+        self.pop3_port = free_port(self.host)
+        self._spawn([sys.executable, str(BENCH_DIR / "floor.py"),
+                     "--imap", f"{self.host}:{self.imap_port}",
+                     "--pop3", f"{self.host}:{self.pop3_port}",
+                     "--backend-imap", f"{b.host}:{b.imap_port}",
+                     "--backend-pop3", f"{b.host}:{b.pop3_port}",
+                     "--workers", str(self.workers)], "floor.log")
+        try:
+            wait_greeting(self.host, self.imap_port, b"* OK", 20, self.proc)
+            wait_greeting(self.host, self.pop3_port, b"+OK", 20, self.proc)
+        except ServerError as e:
+            tail = self.log_tail("floor.log")
+            self.stop()
+            raise ServerError(f"trio floor: {e}\n{tail}") from None
+        return self
+
+
 def trio_mailproxy_argv() -> list[str] | None:
     """How to run our daemon: the console script, else the module from the source tree."""
     script = shutil.which("trio-mailproxy")

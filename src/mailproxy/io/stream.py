@@ -76,29 +76,22 @@ class PlainStream(trio.abc.HalfCloseableStream):
         try:
             data = os.read(fd, n)
         except BlockingIOError:
-            pass
+            return await self._wait_and_read(fd, n)
         except OSError as e:
             raise trio.BrokenResourceError(str(e)) from e
-        else:
-            await self._after_fast_op()
-            return data
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                return os.read(fd, n)
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                raise trio.BrokenResourceError(str(e)) from e
+        await self._after_fast_op()
+        return data
 
     async def receive_reply(self, max_bytes: int | None = None) -> bytes:
         """receive_some() for the answer to what was just sent (a greeting, a command):
         the peer cannot have answered yet, so this waits for readability first instead
         of trying a read that would only fail with EAGAIN."""
-        fd = self._fd
         if self.socket.fileno() < 0:
             raise trio.ClosedResourceError("the stream is closed")
-        n = max_bytes or 65536
+        return await self._wait_and_read(self._fd, max_bytes or 65536)
+
+    @staticmethod
+    async def _wait_and_read(fd: int, n: int) -> bytes:
         while True:
             await trio.lowlevel.wait_readable(fd)
             try:
