@@ -82,3 +82,41 @@ async def test_cancellation_is_seen_even_when_data_is_ready() -> None:
         await left.receive_some(10)
         raise AssertionError("not reached: the cancelled scope raises at the operation")
     assert scope.cancelled_caught
+
+
+async def test_accepted_connections_have_nodelay_from_the_listener() -> None:
+    # The daemon sets TCP_NODELAY once on the listening socket instead of once per
+    # connection: login replies must never wait for Nagle's algorithm.
+    from mailproxy.config import Address, Listener
+    from mailproxy.io.server import open_listeners
+
+    (lsock,) = await open_listeners(Listener("imap", Address("127.0.0.1", 0), "none"),
+                                    reuse_port=False)
+    with lsock, socket.create_connection(lsock.getsockname()) as client:
+        await trio.lowlevel.wait_readable(lsock)
+        conn, _ = lsock.accept()
+        with conn:
+            stream = PlainStream(conn, nodelay=False)
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            client.sendall(b"a LOGOUT\r\n")
+            assert await stream.receive_some(100) == b"a LOGOUT\r\n"
+
+
+async def test_receive_reply_waits_for_the_answer() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        stream = PlainStream(a, nodelay=False)
+        async with trio.open_nursery() as nursery:
+            got: list[bytes] = []
+
+            async def reader() -> None:
+                got.append(await stream.receive_reply())
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []               # nothing sent yet: still waiting
+            b.sendall(b"* OK ready\r\n")
+        assert got == [b"* OK ready\r\n"]
+        b.close()
+        assert await stream.receive_reply() == b""   # EOF

@@ -159,6 +159,9 @@ async def open_listeners(li: Listener, *, reuse_port: bool) -> list[socket.socke
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(sockaddr)          # a numeric address: does not block
+            # Accepted sockets inherit TCP_NODELAY from the listener (Linux): one
+            # setsockopt per listener instead of one per connection.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
     except BaseException:
@@ -294,7 +297,7 @@ class Daemon:
                             continue
                         raise
                     sock.setblocking(False)
-                    start(self.handle, li, PlainStream(sock), peer, local)
+                    start(self.handle, li, PlainStream(sock, nodelay=False), peer, local)
                     batch += 1
                     if batch >= ACCEPT_BATCH:
                         batch = 0

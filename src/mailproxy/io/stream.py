@@ -26,15 +26,18 @@ FAIR_EVERY = 8
 class PlainStream(trio.abc.HalfCloseableStream):
     __slots__ = ("socket", "_fd", "_fast", "connecting")
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, *, nodelay: bool = True) -> None:
         # `sock`: a non-blocking stdlib socket (or a trio socket): only its descriptor,
-        # setsockopt, shutdown, detach and close are used.
+        # setsockopt, shutdown, detach and close are used. nodelay=False: TCP_NODELAY is
+        # already set (inherited from the listening socket).
         self.socket = sock
         # read(2)/write(2) on the descriptor are recv/send without flags, and need no
         # private handle on trio's socket object.
         self._fd = sock.fileno()
         self._fast = 0
         self.connecting = False    # a non-blocking connect not yet known to be complete
+        if not nodelay:
+            return
         try:
             # Login replies are small and must not wait for Nagle's algorithm.
             sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, True)
