@@ -172,14 +172,10 @@ def proc_cpu_s(pids: list[int]) -> float:
     """utime+stime+cutime+cstime of the given processes, in seconds."""
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rest = data[data.rindex(b")") + 2:].split()
-        # fields 14-17 (1-based) = utime stime cutime cstime; rest[0] is field 3
-        total += sum(int(x) for x in rest[11:15])
+        rest = servers.proc_stat_fields(pid)
+        if rest is not None:
+            # fields 14-17 (1-based) = utime stime cutime cstime; rest[0] is field 3
+            total += sum(int(x) for x in rest[11:15])
     return total / CLK_TCK
 
 

@@ -103,20 +103,25 @@ def which(name: str) -> str | None:
     return None
 
 
+def proc_stat_fields(pid: int | str) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 on (None if the process is gone). comm (field 2)
+    may contain spaces and parentheses, so the split starts after the last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].split()
+
+
 def session_pids(sid: int) -> list[int]:
     """Every process whose session id is ``sid`` (the servers run in their own session)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        # comm may contain spaces/parens: fields after the last ')'
-        rest = data[data.rindex(b")") + 2:].split()
-        if int(rest[3]) == sid:   # field 6 = session
+        rest = proc_stat_fields(entry)
+        if rest is not None and int(rest[3]) == sid:   # field 6 = session
             pids.append(int(entry))
     return pids
 

@@ -29,11 +29,10 @@ class Captured(io.StringIO):
 def captured(monkeypatch):
     """setup_logging() writing into a StringIO instead of stderr; restored afterwards."""
     logger = logging.getLogger(logmod.LOGGER_NAME)
-    saved = (logger.handlers[:], logger.level, logger.propagate, logmod._handler,
-             logmod._fast_text)
+    saved = (logger.handlers[:], logger.level, logger.propagate, logmod._handler)
     yield Captured(monkeypatch)
     logger.handlers[:], logger.level, logger.propagate = saved[:3]
-    logmod._handler, logmod._fast_text = saved[3], saved[4]
+    logmod._handler = saved[3]
 
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) (.*)")

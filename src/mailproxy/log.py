@@ -42,10 +42,16 @@ class LineHandler(logging.StreamHandler):
         self.write_line(line, urgent=record.levelno >= logging.WARNING)
 
     def write_line(self, line: str, urgent: bool = False) -> None:
-        self._lines.append(line)
-        self._size += len(line)
-        if urgent or not self.batching or self._size >= BUFFER_LIMIT:
-            self.flush()
+        # Under the handler's lock: a line may come from a worker thread (trio.to_thread)
+        # while the daemon's thread writes the buffer out.
+        self.acquire()
+        try:
+            self._lines.append(line)
+            self._size += len(line)
+            if urgent or not self.batching or self._size >= BUFFER_LIMIT:
+                self.flush()
+        finally:
+            self.release()
 
     def flush(self) -> None:
         self.acquire()
@@ -63,10 +69,8 @@ class LineHandler(logging.StreamHandler):
             self.release()
 
 
-# The handler set up by setup_logging(); _fast_text: it uses the text format, so
-# info_line() may format lines itself.
+# The handler set up by setup_logging().
 _handler: LineHandler | None = None
-_fast_text = False
 
 
 async def flush_periodically(interval: float = FLUSH_INTERVAL) -> None:
@@ -74,17 +78,17 @@ async def flush_periodically(interval: float = FLUSH_INTERVAL) -> None:
     *interval*, and writes what is left when cancelled (shutdown)."""
     import trio
 
-    handler = _handler
-    if handler is None:
+    if _handler is None:
         return
-    handler.batching = True
+    _handler.batching = True
     try:
         while True:
             await trio.sleep(interval)
-            handler.flush()
+            flush()
     finally:
-        handler.batching = False
-        handler.flush()
+        if _handler is not None:
+            _handler.batching = False
+        flush()
 
 
 def flush() -> None:
@@ -131,12 +135,11 @@ def info_line(message: str) -> None:
     handler chain, which cost about a tenth of a login's CPU; otherwise (JSON, tests with
     their own handlers) it is an ordinary log.info()."""
     handler = _handler
-    if (not _fast_text or handler is None or log.handlers != [handler]
+    formatter = handler.formatter if handler is not None else None
+    if (not isinstance(formatter, _TextFormatter) or log.handlers != [handler]
             or not log.isEnabledFor(logging.INFO)):
         log.info("%s", message)
         return
-    formatter = handler.formatter
-    assert isinstance(formatter, _TextFormatter)
     handler.write_line(formatter.prefix(time.time(), "INFO") + message + "\n")
 
 
@@ -147,7 +150,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    global _handler, _fast_text
+    global _handler
     if _handler is not None:
         _handler.flush()          # a reload: nothing buffered is lost
     handler = LineHandler(sys.stderr)
@@ -157,7 +160,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
         handler.setFormatter(_TextFormatter())
     if _handler is not None:
         handler.batching = _handler.batching
-    _handler, _fast_text = handler, fmt != "json"
+    _handler = handler
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1174,7 +1174,7 @@ class ClientConnection:
     def _write_starttls_or_login(self) -> Event | None:
         if self.login.starttls:
             if self.capabilities is not None and \
-                    "STARTTLS" not in {c.upper() for c in self.capabilities}:
+                    "STARTTLS" not in _upper_caps(self.capabilities):
                 return self._fail(BackendFailure.REMOTE_CONFIG, "STARTTLS not supported")
             self._out += b"S STARTTLS\r\n"
             self._sent |= _SENT_STARTTLS
