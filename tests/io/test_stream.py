@@ -120,3 +120,25 @@ async def test_receive_reply_waits_for_the_answer() -> None:
         assert got == [b"* OK ready\r\n"]
         b.close()
         assert await stream.receive_reply() == b""   # EOF
+
+
+async def test_a_source_ip_bind_leaves_the_port_to_connect() -> None:
+    # With source_ip(s), the port is chosen at connect() for the whole 4-tuple
+    # (IP_BIND_ADDRESS_NO_PORT), so one source IP is not limited to one ephemeral range
+    # across all backends; the connection still comes from that source IP.
+    from mailproxy.io.backend import IP_BIND_ADDRESS_NO_PORT, connect_tcp
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(10)    # the loopback handshake is done before accept() is called
+    stream = await connect_tcp("127.0.0.1", listener.getsockname()[1], "127.0.0.9")
+    try:
+        sock = stream.socket
+        if IP_BIND_ADDRESS_NO_PORT is not None:
+            assert sock.getsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT) == 1
+        accepted, peer = listener.accept()
+        accepted.close()
+        assert peer[0] == "127.0.0.9" and peer[1] != 0
+    finally:
+        await stream.aclose()
+        listener.close()

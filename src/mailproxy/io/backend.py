@@ -37,6 +37,12 @@ RECONNECT_MIN_REMAINING = 1.1
 # Failure kinds that Dovecot retries (login-proxy.c proxy_try_reconnect callers).
 RETRIED = {"CONNECT", "REMOTE", "PROTOCOL", "AUTH_TEMPFAIL"}
 
+# Linux's IP_BIND_ADDRESS_NO_PORT: bind() to a source IP takes no port yet, and connect()
+# picks one for the full 4-tuple. Without it every bind(ip, 0) reserves a port for all
+# destinations, and one source IP runs out after about 28,000 backend connections in all
+# instead of that many per backend (nginx's proxy_bind sets it for the same reason).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
+
 
 @dataclass(slots=True)
 class BackendTarget:
@@ -80,6 +86,8 @@ async def connect_tcp(ip: str, port: int, source_ip: str | None) -> PlainStream:
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         if source_ip:
+            if IP_BIND_ADDRESS_NO_PORT is not None:    # Linux; elsewhere bind() keeps a port
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source_ip, 0))
         err = sock.connect_ex((ip, port))
         await trio.lowlevel.checkpoint_if_cancelled()
