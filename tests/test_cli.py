@@ -133,3 +133,51 @@ def test_run_with_a_bad_config_exits_1(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert f"{path}:2: listener.bind: expected HOST:PORT" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _taken_port() -> "tuple[socket.socket, int]":
+    import socket
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder, holder.getsockname()[1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_on_a_taken_port_is_one_line_naming_the_listener(
+        tmp_path: Path, workers: int) -> None:
+    holder, port = _taken_port()
+    try:
+        path = tmp_path / "proxy.toml"
+        path.write_text(f"workers = {workers}\n"
+                        + CONFIG.replace("127.0.0.1:10143", f"127.0.0.1:{port}"))
+        (tmp_path / "users").write_text("alice:{PLAIN}pw\n")
+        r = run("run", "-c", str(path))
+    finally:
+        holder.close()
+    assert r.returncode == 1
+    assert f"{path}:2: listener.bind: bind(127.0.0.1, {port}) failed: Address already in use" \
+        in r.stderr.splitlines()
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_a_worker_that_cannot_bind_stops_the_daemon_instead_of_restarting(
+        tmp_path: Path) -> None:
+    # The parent's check passed, then the address was taken before the workers bound it:
+    # the workers say why, once each, and the daemon exits 1 instead of restarting them.
+    holder, port = _taken_port()
+    try:
+        path = tmp_path / "proxy.toml"
+        path.write_text("workers = 2\n" + CONFIG.replace("127.0.0.1:10143", f"127.0.0.1:{port}"))
+        (tmp_path / "users").write_text("alice:{PLAIN}pw\n")
+        script = ("import sys, mailproxy.io.server as s; s.check_listeners = lambda c: None; "
+                  "from mailproxy.cli import main; sys.exit(main())")
+        r = subprocess.run([sys.executable, "-c", script, "run", "-c", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        holder.close()
+    out = r.stdout + r.stderr
+    assert r.returncode == 1
+    assert f"listener.bind: bind(127.0.0.1, {port}) failed: Address already in use" in out
+    assert "restarting" not in out and "Traceback" not in out

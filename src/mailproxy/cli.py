@@ -13,7 +13,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from . import __version__
-from .config import Config, ConfigErrors, load_config
+from .config import Config, ConfigError, ConfigErrors, load_config
 
 # Extra fields whose values are secrets: shown redacted by `lookup`.
 SECRET_FIELDS = {"pass", "password", "nopassword_password"}
@@ -67,6 +67,7 @@ def _load(path: str) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     import ssl
 
+    from . import log as logmod
     from .io.server import run_daemon
     from .log import setup_logging
     from .passdb.from_config import PassdbSetupError
@@ -75,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.log_format, config.log_level)
     try:
         return run_daemon(args.config, config)
-    except PassdbSetupError as e:
+    except (PassdbSetupError, ConfigError) as e:   # ConfigError: a listener not bindable
+        logmod.flush()
         print(e, file=sys.stderr)
         return 1
     except ssl.SSLError as e:

@@ -106,3 +106,29 @@ def test_workers_share_the_listeners(backend: DovecotBackend) -> None:
             imap.logout()
         proxy.wait_for_log("Started proxying")
         assert proxy.stop() == 0
+
+
+def test_a_listener_added_on_sighup_that_cannot_bind_is_logged_and_skipped(
+        backend: DovecotBackend) -> None:
+    import socket
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        with MailProxy(static(route(backend))) as proxy:
+            proxy.config_path.write_text(
+                proxy.config_path.read_text()
+                + f'\n[[listener]]\nprotocol = "imap"\nbind = "127.0.0.1:{taken}"\n'
+                  'tls = "none"\n')
+            proxy.signal(signal.SIGHUP)
+            text = proxy.wait_for_log("config: reloaded")
+            assert (f"listener.bind: bind(127.0.0.1, {taken}) failed: Address already in use"
+                    in text)
+            assert "Traceback" not in text
+            imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)   # the old one serves
+            assert imap.login("alice", "alicepw")[0] == "OK"
+            imap.logout()
+    finally:
+        holder.close()

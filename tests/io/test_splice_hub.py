@@ -125,3 +125,36 @@ async def test_plain_sockets_are_spliced_intact_both_ways_at_once() -> None:
     assert s.results[0].closed_by == "client"
     # Pipes are returned (or closed) when the data stops: the pool stays bounded.
     assert len(hub_mod._pipes) <= hub_mod.MAX_POOLED_PIPES
+
+
+async def test_a_closed_session_is_freed_at_once_not_by_the_cycle_collector() -> None:
+    # Tens of thousands of sessions end per minute on a busy proxy: each must be freed
+    # by reference counting as it closes (its closure holds the log line's text), not
+    # left for the cyclic garbage collector.
+    import gc
+    import weakref
+
+    hub = SpliceHub()
+    client, proxy_client = pair()
+    proxy_server, server = pair()
+    ended = trio.Event()
+
+    class OnClosed:
+        def __call__(self, result: RelayResult) -> None:
+            ended.set()
+
+    on_closed = OnClosed()
+    alive = weakref.ref(on_closed)
+    hub.add(proxy_client, proxy_server, on_closed)
+    del on_closed
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run)
+            await client.aclose()
+            await ended.wait()
+            assert alive() is None
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.enable()
+        await server.aclose()

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from ..config import Config, ConfigErrors, Listener, load_config
+from ..config import Config, ConfigError, ConfigErrors, Listener, load_config
 from .. import log as logmod
 from ..log import log
 from ..passdb.from_config import build_chain_from_config
@@ -141,13 +141,20 @@ LISTEN_BACKLOG = 4096
 ACCEPT_BATCH = 16      # connections accepted per wake-up before yielding to sessions
 
 
-async def open_listeners(li: Listener, *, reuse_port: bool) -> list[socket.socket]:
-    """Bind one listener address (non-blocking sockets). With several workers every
-    process binds its own socket with SO_REUSEPORT and the kernel spreads new connections
-    across them."""
-    host = li.bind.host or None
-    infos = await trio.socket.getaddrinfo(host, li.bind.port, type=socket.SOCK_STREAM,
-                                          flags=socket.AI_PASSIVE)
+def bind_error(li: Listener, e: OSError) -> ConfigError:
+    """A listener address that cannot be bound is an operator mistake: Dovecot's words
+    (`bind(IP, PORT) failed: ...`) on one line naming the [[listener]]."""
+    file, _, line = li.source.rpartition(":")
+    host = li.bind.host or "*"
+    return ConfigError(file or "<config>", int(line) if line.isdigit() else 0,
+                       "listener.bind", f"bind({host}, {li.bind.port}) failed: "
+                       f"{e.strerror or e}")
+
+
+def bind_sockets(li: Listener, infos: list[Any], *, reuse_port: bool) -> list[socket.socket]:
+    """Bind and listen on every address of one listener (non-blocking sockets). With
+    several workers every process binds its own socket with SO_REUSEPORT and the kernel
+    spreads new connections across them. Raises ConfigError (see bind_error)."""
     out: list[socket.socket] = []
     try:
         for family, type_, proto, _, sockaddr in infos:
@@ -158,7 +165,10 @@ async def open_listeners(li: Listener, *, reuse_port: bool) -> list[socket.socke
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)          # a numeric address: does not block
+            try:
+                sock.bind(sockaddr)          # a numeric address: does not block
+            except OSError as e:
+                raise bind_error(li, e) from None
             # Accepted sockets inherit TCP_NODELAY from the listener (Linux): one
             # setsockopt per listener instead of one per connection.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -169,6 +179,31 @@ async def open_listeners(li: Listener, *, reuse_port: bool) -> list[socket.socke
             sock.close()
         raise
     return out
+
+
+def _addresses(li: Listener, getaddrinfo: Any) -> Any:
+    return getaddrinfo(li.bind.host or None, li.bind.port, type=socket.SOCK_STREAM,
+                       flags=socket.AI_PASSIVE)
+
+
+async def open_listeners(li: Listener, *, reuse_port: bool) -> list[socket.socket]:
+    try:
+        infos = await _addresses(li, trio.socket.getaddrinfo)
+    except OSError as e:
+        raise bind_error(li, e) from None
+    return bind_sockets(li, infos, reuse_port=reuse_port)
+
+
+def check_listeners(config: Config) -> None:
+    """Bind every listener once and let go (the parent, before forking workers): a port
+    that is taken is one line on stderr at start, not workers failing one after another."""
+    for li in config.listeners:
+        try:
+            infos = _addresses(li, socket.getaddrinfo)
+        except OSError as e:
+            raise bind_error(li, e) from None
+        for sock in bind_sockets(li, infos, reuse_port=config.workers > 1):
+            sock.close()
 
 
 class Daemon:
@@ -194,6 +229,9 @@ class Daemon:
         self.ctx.hub = self.hub
         # Signals are caught before the first accept, so a SIGTERM right after start-up
         # still drains cleanly instead of killing the process.
+        # Bound before any nursery exists: an address that cannot be bound ends the run
+        # with its ConfigError (one line from the CLI), not a traceback from a task.
+        bound = await self.bind_listeners(config, strict=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async with trio.open_nursery() as sessions:
                 self.sessions_nursery = sessions
@@ -201,7 +239,7 @@ class Daemon:
                 sessions.start_soon(logmod.flush_periodically)
                 async with trio.open_nursery() as accept:
                     self.accept_nursery = accept
-                    await self.start_listeners(config)
+                    self.serve_listeners(bound)
                     self.ready.set()
                     stop = await self.wait_signals(sigs)
                     accept.cancel_scope.cancel()
@@ -243,7 +281,8 @@ class Daemon:
         new_ctx.sessions = old.sessions
         new_ctx.hub = old.hub
         self.ctx = new_ctx
-        await self.start_listeners(config)
+        # A new listener that cannot be bound is logged and skipped; the others serve.
+        self.serve_listeners(await self.bind_listeners(config, strict=False))
         log.info("config: reloaded %s", self.config_path)
         # The old passdb chain may still be in use by sessions logging in right now; it is
         # closed when they are done with it (drivers close their pools on garbage).
@@ -251,16 +290,36 @@ class Daemon:
     def _key(self, li: Listener) -> tuple[str, int, str, str, bool]:
         return (li.bind.host, li.bind.port, li.protocol, li.tls, li.proxy_protocol)
 
-    async def start_listeners(self, config: Config) -> None:
+    async def bind_listeners(self, config: Config, *, strict: bool
+                             ) -> list[tuple[Any, Listener, list[socket.socket]]]:
+        """Close the listeners the config no longer has; bind the new ones. With
+        `strict`, a listener that cannot be bound raises its ConfigError; otherwise it is
+        logged and left out."""
         wanted = {self._key(li): li for li in config.listeners}
         for key in list(self.listeners):
             if key not in wanted:
                 _, scope = self.listeners.pop(key)
                 scope.cancel()
+        bound: list[tuple[Any, Listener, list[socket.socket]]] = []
         for key, li in wanted.items():
             if key in self.listeners:
                 continue
-            sockets = await open_listeners(li, reuse_port=self.reuse_port)
+            try:
+                sockets = await open_listeners(li, reuse_port=self.reuse_port)
+            except ConfigError as e:
+                if strict:
+                    for _, _, done in bound:
+                        for sock in done:
+                            sock.close()
+                    raise
+                log.error("config: %s", e)
+                continue
+            bound.append((key, li, sockets))
+        return bound
+
+    def serve_listeners(self, bound: list[tuple[Any, Listener, list[socket.socket]]]) -> None:
+        assert self.accept_nursery is not None
+        for key, li, sockets in bound:
             scope = trio.CancelScope()
             self.listeners[key] = (sockets, scope)
             for lsock in sockets:

@@ -107,6 +107,15 @@ class RelayedSession:
         self.info = info          # what kick/list know of the session
 
 
+def _closed_already(result: RelayResult) -> None:
+    pass
+
+
+# What a closed session's ends point at instead of each other (see SpliceHub._close).
+_GONE_SESSION = RelayedSession.__new__(RelayedSession)
+_GONE_END = _End(-1, _GONE_SESSION, "closed")
+
+
 class SpliceHub:
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -231,8 +240,15 @@ class SpliceHub:
                 end.pipe = None
         session.result.closed_by = closed_by
         session.result.error = error
+        on_closed, session.on_closed = session.on_closed, _closed_already
+        # The ends point at their session and at each other: unlink them, so that all of
+        # it (and the closure with the log line's text) goes as the last reference does,
+        # not at the cyclic collector's next pass.
+        client, server = session.client, session.server
+        client.peer, server.peer = _GONE_END, _GONE_END
+        client.session = server.session = _GONE_SESSION
         try:
-            session.on_closed(session.result)
+            on_closed(session.result)
         except Exception:
             log.exception("relay: error while closing a session")
 

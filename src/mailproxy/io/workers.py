@@ -14,11 +14,12 @@ import time
 
 import trio
 
-from ..config import Config
+from ..config import Config, ConfigError
 from .. import log as logmod
 from ..log import log
 
 RESTART_PAUSE = 1.0   # a worker that keeps crashing is not restarted in a tight loop
+EXIT_CONFIG = 78      # EX_CONFIG: the worker cannot run with this config; restarting won't help
 
 
 def _worker_main(config_path: str, config: Config, index: int) -> None:
@@ -31,6 +32,9 @@ def _worker_main(config_path: str, config: Config, index: int) -> None:
     try:
         code = trio.run(Daemon(config_path, name=f"worker {index}", reuse_port=True).run,
                         config)
+    except ConfigError as e:   # e.g. its listener address was taken after the parent's check
+        log.error("worker %d: %s", index, e)
+        code = EXIT_CONFIG
     except BaseException:   # the worker's last words go to the log, then it exits
         log.exception("worker %d: exiting after an internal error", index)
     finally:
@@ -41,8 +45,11 @@ def _worker_main(config_path: str, config: Config, index: int) -> None:
 
 
 def run_workers(config_path: str, config: Config) -> int:
+    from .server import check_listeners
+
+    check_listeners(config)         # ConfigError: one line from the CLI, nothing forked
     children: dict[int, int] = {}   # pid → worker index
-    stopping = False
+    stopping = failed = False
     received: list[int] = []
 
     def on_signal(sig: int, frame: object) -> None:
@@ -78,10 +85,15 @@ def run_workers(config_path: str, config: Config) -> int:
             time.sleep(0.05)   # interrupted by signals too; they are handled above
             continue
         index = children.pop(pid)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_CONFIG and not stopping:
+            log.error("master: worker %d cannot run with this config; stopping", index)
+            stopping = failed = True
+            received.append(signal.SIGTERM)
+            continue
         if not stopping:
             log.error("master: worker %d (pid %d) exited unexpectedly (status %d); "
                       "restarting it", index, pid, status)
             time.sleep(RESTART_PAUSE)
             spawn(index)
     log.info("master: all workers stopped")
-    return 0
+    return 1 if failed else 0
