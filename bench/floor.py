@@ -133,12 +133,14 @@ async def serve(listener: socket.socket, login, backend: tuple[str, int]) -> Non
             n.start_soon(session, c, login, backend)
 
 
-def listen(addr: tuple[str, int]) -> socket.socket:
+def listen(addr: tuple[str, int], cpu: int | None) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind(addr)
     s.listen(4096)
+    if cpu is not None:   # as trio-mailproxy's workers: prefer connections arriving on `cpu`
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_INCOMING_CPU", 49), cpu)
     s.setblocking(False)
     return s
 
@@ -148,8 +150,8 @@ def addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def worker(a: argparse.Namespace) -> None:
-    imap, pop3 = listen(addr(a.imap)), listen(addr(a.pop3))
+def worker(a: argparse.Namespace, cpu: int | None = None) -> None:
+    imap, pop3 = listen(addr(a.imap), cpu), listen(addr(a.pop3), cpu)
 
     async def main() -> None:
         async with trio.open_nursery() as n:
@@ -172,11 +174,12 @@ def main() -> None:
         worker(a)
         return
     children = []
-    for _ in range(a.workers):
+    cpus = sorted(os.sched_getaffinity(0))
+    for index in range(a.workers):
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            worker(a)
+            worker(a, cpus[index % len(cpus)])
             os._exit(0)
         children.append(pid)
     signal.signal(signal.SIGTERM, lambda *_: [os.kill(c, signal.SIGTERM) for c in children])

@@ -787,10 +787,10 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
     if "floor" in avail:
         notes.append(
             f"trio floor: bench/floor.py with {args.trio_workers or bench.cores} worker "
-            "process(es) (SO_REUSEPORT), the least a Trio login proxy does: greet, read the "
-            "login, connect, log in with the client's credentials, answer, relay with two "
-            "tasks. No passdb, ID, limits, timeouts or logs: a yardstick for "
-            "trio-mailproxy's figures, not a peer.")
+            "process(es) (SO_REUSEPORT, SO_INCOMING_CPU as trio's workers), the least a Trio "
+            "login proxy does: greet, read the login, connect, log in with the client's "
+            "credentials, answer, relay with two tasks. No passdb, ID, limits, timeouts or "
+            "logs: a yardstick for trio-mailproxy's figures, not a peer.")
     return notes
 
 

@@ -98,8 +98,8 @@ def test_a_broken_config_on_sighup_keeps_the_old_one(backend: DovecotBackend) ->
 
 def test_workers_share_the_listeners(backend: DovecotBackend) -> None:
     with MailProxy(static(route(backend)), top="workers = 2") as proxy:
-        text = proxy.wait_for_log("worker 1: listening on")
-        assert "worker 0: listening on" in text
+        proxy.wait_for_log("worker 0: listening on")
+        proxy.wait_for_log("worker 1: listening on")
         for _ in range(12):
             imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
             assert imap.login("alice", "alicepw")[0] == "OK"
@@ -132,3 +132,59 @@ def test_a_listener_added_on_sighup_that_cannot_bind_is_logged_and_skipped(
             imap.logout()
     finally:
         holder.close()
+
+
+def _clients_held(pid: int, port: int) -> int:
+    """Established client connections to `port` whose socket the process holds."""
+    import os
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in open(table).read().splitlines()[1:]:
+            f = row.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+                inodes.add(f"socket:[{f[9]}]")
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2,
+                    reason="needs 2 CPUs to pin clients to (this machine has 1)")
+def test_each_worker_takes_the_connections_arriving_on_its_cpu(
+        backend: DovecotBackend) -> None:
+    # Loopback packets are processed on the connecting thread's CPU, so a client pinned
+    # to one CPU stands for a NIC queue serving that CPU: all of its sessions go to one
+    # worker, and a client on the other CPU goes to the other worker.
+    import os
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    with MailProxy(static(route(backend)), top="workers = 2") as proxy:
+        for index in (0, 1):     # both: until then the one listening takes everything
+            proxy.wait_for_log(f"worker {index}: listening on")
+        assert proxy._proc is not None
+        workers = [int(p) for p in open(
+            f"/proc/{proxy._proc.pid}/task/{proxy._proc.pid}/children").read().split()]
+        assert len(workers) == 2
+        owner = []
+        sessions = []
+        saved = os.sched_getaffinity(0)
+        try:
+            for cpu in cpus:
+                before = [_clients_held(w, proxy.port) for w in workers]
+                os.sched_setaffinity(0, {cpu})
+                for _ in range(5):
+                    imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
+                    assert imap.login("alice", "alicepw")[0] == "OK"
+                    sessions.append(imap)
+                os.sched_setaffinity(0, saved)
+                gained = [_clients_held(w, proxy.port) - b for w, b in zip(workers, before)]
+                assert sorted(gained) == [0, 5], gained      # all five on one worker
+                owner.append(gained.index(5))
+        finally:
+            os.sched_setaffinity(0, saved)
+            for imap in sessions:
+                imap.logout()
+        assert owner[0] != owner[1]

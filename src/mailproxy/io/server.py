@@ -140,6 +140,25 @@ LISTEN_BACKLOG = 4096
 
 ACCEPT_BATCH = 16      # connections accepted per wake-up before yielding to sessions
 
+# Workers: each one's listening sockets prefer the connections whose packets arrive on "its"
+# CPU (SO_INCOMING_CPU, honoured by SO_REUSEPORT's choice since Linux 6.1). With a
+# multi-queue NIC that spreads connections as evenly as the hash would, and keeps each on
+# one CPU; under light load it sends a client's successive connections to the same worker,
+# whose caches are still warm, instead of alternating between workers. A worker that
+# falls behind (a full accept batch: everything arriving on its CPU, e.g. a single-queue
+# NIC) drops the preference for PREFERENCE_PAUSE, so the kernel spreads by hash again.
+SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", None)
+PREFERENCE_PAUSE = 1.0
+
+
+def prefer_cpu(sock: socket.socket, cpu: int) -> None:
+    """Set (cpu >= 0) or clear (-1) a listening socket's CPU preference."""
+    if SO_INCOMING_CPU is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, cpu)
+        except OSError:
+            pass    # an old kernel: the plain SO_REUSEPORT hash decides, as before
+
 
 def bind_error(li: Listener, e: OSError) -> ConfigError:
     """A listener address that cannot be bound is an operator mistake: Dovecot's words
@@ -208,10 +227,11 @@ def check_listeners(config: Config) -> None:
 
 class Daemon:
     def __init__(self, config_path: str, *, name: str = "master",
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, cpu: int | None = None) -> None:
         self.config_path = config_path
         self.name = name
         self.reuse_port = reuse_port
+        self.cpu = cpu          # a worker's CPU: see SO_INCOMING_CPU above
         self.ctx: ProxyContext | None = None
         self.per_ip: dict[str, int] = {}
         self.total = 0
@@ -227,11 +247,11 @@ class Daemon:
                  "(about %d proxied sessions)", limit, max(0, (limit - 64) // 2))
         self.ctx = await build_context(config)
         self.ctx.hub = self.hub
-        # Signals are caught before the first accept, so a SIGTERM right after start-up
-        # still drains cleanly instead of killing the process.
         # Bound before any nursery exists: an address that cannot be bound ends the run
         # with its ConfigError (one line from the CLI), not a traceback from a task.
         bound = await self.bind_listeners(config, strict=True)
+        # Signals are caught before the first accept, so a SIGTERM right after start-up
+        # still drains cleanly instead of killing the process.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async with trio.open_nursery() as sessions:
                 self.sessions_nursery = sessions
@@ -314,6 +334,9 @@ class Daemon:
                     raise
                 log.error("config: %s", e)
                 continue
+            if self.cpu is not None:
+                for sock in sockets:
+                    prefer_cpu(sock, self.cpu)
             bound.append((key, li, sockets))
         return bound
 
@@ -339,6 +362,9 @@ class Daemon:
         assert self.sessions_nursery is not None
         start = self.sessions_nursery.start_soon
         batch = 0
+        cpu = self.cpu
+        preferring = cpu is not None
+        resume_preference = 0.0
         with scope:
             try:
                 while True:
@@ -346,6 +372,10 @@ class Daemon:
                         sock, peer = lsock.accept()
                     except BlockingIOError:
                         batch = 0
+                        if not preferring and cpu is not None and \
+                                trio.current_time() >= resume_preference:
+                            prefer_cpu(lsock, cpu)     # caught up: take our CPU's again
+                            preferring = True
                         await trio.lowlevel.wait_readable(lsock)
                         continue
                     except OSError as e:
@@ -360,6 +390,12 @@ class Daemon:
                     batch += 1
                     if batch >= ACCEPT_BATCH:
                         batch = 0
+                        if cpu is not None:
+                            # Behind: let the kernel spread this CPU's connections too.
+                            if preferring:
+                                prefer_cpu(lsock, -1)
+                                preferring = False
+                            resume_preference = trio.current_time() + PREFERENCE_PAUSE
                         await trio.lowlevel.checkpoint()
             finally:
                 trio.lowlevel.notify_closing(lsock)

@@ -30,8 +30,9 @@ def _worker_main(config_path: str, config: Config, index: int) -> None:
         signal.signal(sig, signal.SIG_DFL)
     code = 1
     try:
-        code = trio.run(Daemon(config_path, name=f"worker {index}", reuse_port=True).run,
-                        config)
+        cpus = sorted(os.sched_getaffinity(0))
+        code = trio.run(Daemon(config_path, name=f"worker {index}", reuse_port=True,
+                               cpu=cpus[index % len(cpus)]).run, config)
     except ConfigError as e:   # e.g. its listener address was taken after the parent's check
         log.error("worker %d: %s", index, e)
         code = EXIT_CONFIG
