@@ -170,7 +170,8 @@ def bind_error(li: Listener, e: OSError) -> ConfigError:
                        f"{e.strerror or e}")
 
 
-def bind_sockets(li: Listener, infos: list[Any], *, reuse_port: bool) -> list[socket.socket]:
+def bind_sockets(li: Listener, infos: list[Any], *, reuse_port: bool,
+                 listen: bool = True) -> list[socket.socket]:
     """Bind and listen on every address of one listener (non-blocking sockets). With
     several workers every process binds its own socket with SO_REUSEPORT and the kernel
     spreads new connections across them. Raises ConfigError (see bind_error)."""
@@ -188,6 +189,8 @@ def bind_sockets(li: Listener, infos: list[Any], *, reuse_port: bool) -> list[so
                 sock.bind(sockaddr)          # a numeric address: does not block
             except OSError as e:
                 raise bind_error(li, e) from None
+            if not listen:
+                continue
             # Accepted sockets inherit TCP_NODELAY from the listener (Linux): one
             # setsockopt per listener instead of one per connection.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -215,13 +218,14 @@ async def open_listeners(li: Listener, *, reuse_port: bool) -> list[socket.socke
 
 def check_listeners(config: Config) -> None:
     """Bind every listener once and let go (the parent, before forking workers): a port
-    that is taken is one line on stderr at start, not workers failing one after another."""
+    that is taken is one line on stderr at start, not workers failing one after another.
+    Bound only, never listening: no connection can land on these sockets."""
     for li in config.listeners:
         try:
             infos = _addresses(li, socket.getaddrinfo)
         except OSError as e:
             raise bind_error(li, e) from None
-        for sock in bind_sockets(li, infos, reuse_port=config.workers > 1):
+        for sock in bind_sockets(li, infos, reuse_port=config.workers > 1, listen=False):
             sock.close()
 
 
