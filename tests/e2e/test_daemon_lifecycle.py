@@ -152,8 +152,17 @@ def _clients_held(pid: int, port: int) -> int:
     return n
 
 
+def _kernel_at_least(major: int, minor: int) -> bool:
+    import platform
+    import re
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (major, minor)
+
+
 @pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2,
                     reason="needs 2 CPUs to pin clients to (this machine has 1)")
+@pytest.mark.skipif(not _kernel_at_least(6, 1),
+                    reason="needs Linux 6.1+ (SO_REUSEPORT honouring SO_INCOMING_CPU)")
 def test_each_worker_takes_the_connections_arriving_on_its_cpu(
         backend: DovecotBackend) -> None:
     # Loopback packets are processed on the connecting thread's CPU, so a client pinned
