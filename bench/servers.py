@@ -158,6 +158,18 @@ class Server:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait_ready(self, label: str, greetings: list[tuple[int, bytes]], timeout: float,
+                   *logs: str) -> None:
+        """Wait for each (port, greeting prefix); on failure stop and raise ServerError
+        naming `label`, with the tails of `logs`."""
+        try:
+            for port, prefix in greetings:
+                wait_greeting(self.host, port, prefix, timeout, self.proc)
+        except ServerError as e:
+            tail = "".join(self.log_tail(name) for name in logs)
+            self.stop()
+            raise ServerError(f"{label}: {e}\n{tail}") from None
+
     def log_tail(self, name: str, lines: int = 30) -> str:
         if self.dir is None:
             return ""
@@ -459,12 +471,7 @@ listen pop3
 """
         (self.dir / "haproxy.cfg").write_text(cfg)
         self._spawn([binary, "-db", "-f", str(self.dir / "haproxy.cfg")], "haproxy.log")
-        try:
-            wait_greeting(self.host, self.imap_port, b"* OK", 10, self.proc)
-        except ServerError as e:
-            tail = self.log_tail("haproxy.log")
-            self.stop()
-            raise ServerError(f"haproxy: {e}\n{tail}") from None
+        self.wait_ready("haproxy", [(self.imap_port, b"* OK")], 10, "haproxy.log")
         return self
 
 
@@ -582,12 +589,7 @@ mail {{
         (self.dir / "nginx.conf").write_text(cfg)
         self._spawn([binary, "-p", f"{self.dir}/", "-e", f"{self.dir}/error.log",
                      "-c", str(self.dir / "nginx.conf")], "nginx.stdout")
-        try:
-            wait_greeting(self.host, self.imap_port, b"* OK", 10, self.proc)
-        except ServerError as e:
-            tail = self.log_tail("error.log") + self.log_tail("nginx.stdout")
-            self.stop()
-            raise ServerError(f"nginx: {e}\n{tail}") from None
+        self.wait_ready("nginx", [(self.imap_port, b"* OK")], 10, "error.log", "nginx.stdout")
         return self
 
     def stop(self) -> None:
@@ -618,13 +620,8 @@ class TrioFloor(Target):
                      "--backend-imap", f"{b.host}:{b.imap_port}",
                      "--backend-pop3", f"{b.host}:{b.pop3_port}",
                      "--workers", str(self.workers)], "floor.log")
-        try:
-            wait_greeting(self.host, self.imap_port, b"* OK", 20, self.proc)
-            wait_greeting(self.host, self.pop3_port, b"+OK", 20, self.proc)
-        except ServerError as e:
-            tail = self.log_tail("floor.log")
-            self.stop()
-            raise ServerError(f"trio floor: {e}\n{tail}") from None
+        self.wait_ready("trio floor", [(self.imap_port, b"* OK"), (self.pop3_port, b"+OK")],
+                        20, "floor.log")
         return self
 
 
@@ -712,14 +709,10 @@ max_connections_per_ip = 20000
             self.pop3_port = None
             cfg_path.write_text(self._config(None))
         self._spawn([*argv, "run", "-c", str(cfg_path)], "mailproxy.log", env=env)
-        try:
-            wait_greeting(self.host, self.imap_port, b"* OK", 20, self.proc)
-            if self.pop3_port is not None:
-                wait_greeting(self.host, self.pop3_port, b"+OK", 20, self.proc)
-        except ServerError as e:
-            tail = self.log_tail("mailproxy.log")
-            self.stop()
-            raise ServerError(f"trio-mailproxy: {e}\n{tail}") from None
+        greetings = [(self.imap_port, b"* OK")]
+        if self.pop3_port is not None:
+            greetings.append((self.pop3_port, b"+OK"))
+        self.wait_ready("trio-mailproxy", greetings, 20, "mailproxy.log")
         # workers start asynchronously: give them a moment, then count processes
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
