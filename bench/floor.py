@@ -164,8 +164,10 @@ def worker(a: argparse.Namespace, cpu: int | None = None) -> None:
         pass
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_forked(doc: str, worker) -> None:
+    """The floors' command line: parse it, then run *worker* in this process, or in
+    --workers forked processes (worker i prefers connections arriving on CPU i)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     for name in ("--imap", "--pop3", "--backend-imap", "--backend-pop3"):
         p.add_argument(name, required=True)
     p.add_argument("--workers", type=int, default=1)
@@ -193,4 +195,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_forked(__doc__, worker)

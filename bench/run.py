@@ -49,9 +49,10 @@ from servers import (  # noqa: E402
 REPO_ROOT = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-ALL_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio", "floor"]
-# "floor" (bench/floor.py, the least a Trio login proxy can do) is a yardstick for
-# reading trio-mailproxy's figures, run only when asked for.
+ALL_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio", "floor", "loopfloor"]
+# "floor" (bench/floor.py, the least a Trio login proxy can do) and "loopfloor" (the same
+# on an epoll loop with callbacks, no Trio) are yardsticks for reading trio-mailproxy's
+# figures, run only when asked for.
 DEFAULT_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio"]
 TARGET_HOSTS = {  # distinct loopback addresses make each target's sockets easy to tell apart
     "haproxy": "127.0.2.1",
@@ -59,6 +60,7 @@ TARGET_HOSTS = {  # distinct loopback addresses make each target's sockets easy 
     "nginx": "127.0.4.1",      # its auth_http server: 127.0.4.2
     "trio": "127.0.5.1",
     "floor": "127.0.6.1",
+    "loopfloor": "127.0.7.1",
 }
 
 
@@ -248,9 +250,10 @@ class Bench:
             workers = self.status.get("trio", {}).get(
                 "workers", self.args.trio_workers or self.cores)
             t = servers.TrioMailproxy(name, TARGET_HOSTS[name], b, self.cores, workers=workers)
-        elif name == "floor":
-            t = servers.TrioFloor(name, TARGET_HOSTS[name], b, self.cores,
-                                  workers=self.args.trio_workers or self.cores)
+        elif name in ("floor", "loopfloor"):
+            cls = servers.TrioFloor if name == "floor" else servers.LoopFloor
+            t = cls(name, TARGET_HOSTS[name], b, self.cores,
+                    workers=self.args.trio_workers or self.cores)
         else:
             raise ValueError(name)
         return t
@@ -533,7 +536,8 @@ class Bench:
 def servers_label(name: str) -> str:
     return {"direct": "direct", "haproxy": "haproxy (TCP)", "dovecot": "dovecot proxy",
             "nginx": "nginx mail", "trio": "trio-mailproxy",
-            "floor": "trio floor (bench/floor.py)"}.get(name, name)
+            "floor": "trio floor (bench/floor.py)",
+            "loopfloor": "loop floor (bench/floor_loop.py)"}.get(name, name)
 
 
 def _brief(key: str, res: dict | None) -> str:
@@ -791,6 +795,13 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
             "login proxy does: greet, read the login, connect, log in with the client's "
             "credentials, answer, relay with two tasks. No passdb, ID, limits, timeouts or "
             "logs: a yardstick for trio-mailproxy's figures, not a peer.")
+    if "loopfloor" in avail:
+        notes.append(
+            f"loop floor: bench/floor_loop.py, the trio floor's I/O (same system calls, "
+            f"same {args.trio_workers or bench.cores} worker process(es)) driven by one "
+            "epoll loop with a callback per socket instead of a Trio task per session: "
+            "trio floor minus loop floor = what Trio's tasks cost a login; loop floor "
+            "minus nginx = what CPython itself costs.")
     return notes
 
 
@@ -830,8 +841,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds: one repetition, tiny N, short tests, nothing asserted")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help=f"comma-separated subset of {','.join(ALL_TARGETS)} (direct is always "
-                        "run; floor = bench/floor.py, the least a Trio login proxy can do, "
-                        "only when named)")
+                        "run; floor = bench/floor.py, the least a Trio login proxy can do, and "
+                        "loopfloor = bench/floor_loop.py, the same without Trio, only when "
+                        "named)")
     p.add_argument("--reps", type=int, help="repetitions (full: 5)")
     p.add_argument("--duration", type=float, help="seconds per login test (full: 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per login test (full: 0.5)")

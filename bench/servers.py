@@ -603,6 +603,7 @@ class TrioFloor(Target):
     """bench/floor.py: the least a Trio login proxy can do (a yardstick, not a peer)."""
 
     label = "trio floor"
+    script = "floor.py"
 
     def __init__(self, *a, workers: int = 1, **kw) -> None:
         super().__init__(*a, **kw)
@@ -614,15 +615,22 @@ class TrioFloor(Target):
         self.dir = make_tmpdir("bench-floor-")
         self.imap_port = free_port(self.host)
         self.pop3_port = free_port(self.host)
-        self._spawn([sys.executable, str(BENCH_DIR / "floor.py"),
+        self._spawn([sys.executable, str(BENCH_DIR / self.script),
                      "--imap", f"{self.host}:{self.imap_port}",
                      "--pop3", f"{self.host}:{self.pop3_port}",
                      "--backend-imap", f"{b.host}:{b.imap_port}",
                      "--backend-pop3", f"{b.host}:{b.pop3_port}",
                      "--workers", str(self.workers)], "floor.log")
-        self.wait_ready("trio floor", [(self.imap_port, b"* OK"), (self.pop3_port, b"+OK")],
+        self.wait_ready(self.label, [(self.imap_port, b"* OK"), (self.pop3_port, b"+OK")],
                         20, "floor.log")
         return self
+
+
+class LoopFloor(TrioFloor):
+    """bench/floor_loop.py: the same floor on one epoll loop with callbacks, no Trio."""
+
+    label = "loop floor"
+    script = "floor_loop.py"
 
 
 def trio_mailproxy_argv() -> list[str] | None:
