@@ -123,8 +123,10 @@ async def test_plain_sockets_are_spliced_intact_both_ways_at_once() -> None:
     assert got_up == up and got_down == down
     assert s.results[0].client_bytes == len(up) and s.results[0].server_bytes == len(down)
     assert s.results[0].closed_by == "client"
-    # Pipes are returned (or closed) when the data stops: the pool stays bounded.
+    # Pipes and buffers are returned (or freed) when the data stops: the pools stay
+    # bounded.
     assert len(hub_mod._pipes) <= hub_mod.MAX_POOLED_PIPES
+    assert len(hub_mod._buffers) <= hub_mod.MAX_POOLED_BUFFERS
 
 
 async def test_a_closed_session_is_freed_at_once_not_by_the_cycle_collector() -> None:

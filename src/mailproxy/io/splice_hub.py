@@ -4,8 +4,10 @@ Owns: the relay of sessions that are plain TCP on both sides once logged in (the
 case: TLS ends at a load balancer or is not used inside the data centre). Operators hold
 tens of thousands of such sessions idle (IMAP IDLE), so an idle session here costs its two
 sockets and a few small slotted objects: no task, no coroutine frames, no buffers. The
-bytes never enter Python: the kernel moves them socket → pipe → socket with splice(2),
-through pipes lent from a small pool only while data is in flight.
+bytes never enter Python code: what the backend sends (FETCH, the bulk of the traffic)
+the kernel moves socket → pipe → client socket with splice(2); what the client sends
+(APPEND) goes through a reused buffer, read and written with one system call each. Pipes
+and buffers are lent from small pools only while data is in flight.
 
 How: one epoll set of our own (level-triggered) holds both sockets of every session; the
 hub task sleeps on that epoll descriptor through trio, and moves whatever is ready. When a
@@ -41,6 +43,15 @@ SMALL_READ = 16384
 # with os.splice; Python only waits for readiness. Pipes are lent from a small pool while
 # data flows, so an idle session holds its two sockets and nothing more.
 SPLICE = hasattr(os, "splice")
+
+# Towards the backend, a copy through a reused buffer instead. Measured on the bench (20
+# interleaved APPENDs of 20 MiB into Dovecot 2.3 over loopback, paired with haproxy):
+# spliced, APPEND ran at 0.89 of haproxy's speed; copied, at 1.04, while FETCH is faster
+# spliced (2,180 MB/s against 1,760 copied). The backend reads spliced pages more slowly
+# than freshly copied ones; the copy costs this process about 0.1 s of CPU per GB.
+COPY_SIZE = 1 << 17
+MAX_POOLED_BUFFERS = 16
+_buffers: list[bytearray] = []
 SPLICE_FLAGS = (getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0))
 MAX_POOLED_PIPES = 32
 _pipes: list[tuple[int, int]] = []
@@ -73,6 +84,15 @@ def _return_pipe(pipe: tuple[int, int]) -> None:
         os.close(pipe[1])
 
 
+def _borrow_buffer() -> bytearray:
+    return _buffers.pop() if _buffers else bytearray(COPY_SIZE)
+
+
+def _return_buffer(buf: bytearray) -> None:
+    if len(_buffers) < MAX_POOLED_BUFFERS:
+        _buffers.append(buf)
+
+
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _FAIL = select.EPOLLERR | select.EPOLLHUP
@@ -81,15 +101,18 @@ _GONE = {errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.E
 
 
 class _End:
-    """One socket of a relayed session. Bytes read here go to `peer`; `pipe` holds
-    `pending` bytes read here that `peer` could not take yet."""
+    """One socket of a relayed session. Bytes read here go to `peer`; `pipe` (spliced)
+    or `buf` from `start` (copied) holds `pending` bytes read here that `peer` could not
+    take yet."""
 
-    __slots__ = ("fd", "peer", "session", "side", "pipe", "pending", "mask")
+    __slots__ = ("fd", "peer", "session", "side", "pipe", "buf", "start", "pending", "mask")
 
     def __init__(self, fd: int, session: "RelayedSession", side: str) -> None:
         self.fd, self.session, self.side = fd, session, side
         self.peer: _End = self
         self.pipe: tuple[int, int] | None = None
+        self.buf: bytearray | None = None
+        self.start = 0
         self.pending = 0
         self.mask = _IN
 
@@ -169,26 +192,15 @@ class SpliceHub:
             self._close(end.session, end.side, os.strerror(e.errno) if e.errno else str(e))
 
     def _read(self, src: _End) -> None:
-        # Only called when nothing is pending: a pipe is borrowed for these reads alone.
-        # A bulk transfer is moved in up to READS_PER_WAKEUP rounds before going back to
-        # epoll, so other sessions still get their turn.
+        # Only called when nothing is pending: a pipe or buffer is borrowed for these
+        # reads alone. A bulk transfer is moved in up to READS_PER_WAKEUP rounds before
+        # going back to epoll, so other sessions still get their turn.
         for _ in range(READS_PER_WAKEUP):
             if src.fd < 0 or src.pending:
                 return
-            pipe = _borrow_pipe()
-            try:
-                n = os.splice(src.fd, pipe[1], PIPE_SIZE, flags=SPLICE_FLAGS)
-            except BlockingIOError:
-                _return_pipe(pipe)      # still empty: wait for epoll
+            n = self._read_client(src) if src.side == "client" else self._read_server(src)
+            if n <= 0:
                 return
-            except BaseException:
-                _return_pipe(pipe)
-                raise
-            if n == 0:
-                _return_pipe(pipe)
-                self._close(src.session, src.side, "")
-                return
-            src.pipe = pipe
             result = src.session.result
             if src.side == "client":
                 result.client_bytes += n
@@ -198,20 +210,68 @@ class SpliceHub:
             src.pending = n
             self._drain(src)
             if n < SMALL_READ:
-                return    # the socket was drained: skip the splice that would say EAGAIN
+                return    # the socket was drained: skip the read that would say EAGAIN
+
+    def _read_server(self, src: _End) -> int:
+        """Splice what the backend sent into a pipe; > 0 bytes, or 0 = nothing to do."""
+        pipe = _borrow_pipe()
+        try:
+            n = os.splice(src.fd, pipe[1], PIPE_SIZE, flags=SPLICE_FLAGS)
+        except BlockingIOError:
+            _return_pipe(pipe)      # still empty: wait for epoll
+            return 0
+        except BaseException:
+            _return_pipe(pipe)
+            raise
+        if n == 0:
+            _return_pipe(pipe)
+            self._close(src.session, src.side, "")
+            return 0
+        src.pipe = pipe
+        return n
+
+    def _read_client(self, src: _End) -> int:
+        """Read what the client sent into a buffer; > 0 bytes, or 0 = nothing to do."""
+        buf = _borrow_buffer()
+        try:
+            n = os.readv(src.fd, (buf,))
+        except BlockingIOError:
+            _return_buffer(buf)
+            return 0
+        except BaseException:
+            _return_buffer(buf)
+            raise
+        if n == 0:
+            _return_buffer(buf)
+            self._close(src.session, src.side, "")
+            return 0
+        src.buf, src.start = buf, 0
+        return n
 
     def _drain(self, src: _End) -> None:
-        """Move `src`'s pending pipe bytes to its peer; watch the peer if it is full."""
+        """Move `src`'s pending bytes to its peer; watch the peer if it is full."""
         dst = src.peer
-        assert src.pipe is not None
+        buf = src.buf
         while src.pending:
             try:
-                src.pending -= os.splice(src.pipe[0], dst.fd, src.pending, flags=SPLICE_FLAGS)
+                if buf is not None:
+                    with memoryview(buf) as view:
+                        n = os.write(dst.fd, view[src.start:src.start + src.pending])
+                    src.start += n
+                else:
+                    assert src.pipe is not None
+                    n = os.splice(src.pipe[0], dst.fd, src.pending, flags=SPLICE_FLAGS)
+                src.pending -= n
             except BlockingIOError:
                 break
         if not src.pending:
-            _return_pipe(src.pipe)
-            src.pipe = None
+            if buf is not None:
+                _return_buffer(buf)
+                src.buf = None
+            else:
+                assert src.pipe is not None
+                _return_pipe(src.pipe)
+                src.pipe = None
         self._update(src)
         self._update(dst)
 
@@ -238,6 +298,9 @@ class SpliceHub:
                 os.close(end.pipe[0])
                 os.close(end.pipe[1])
                 end.pipe = None
+            if end.buf is not None:    # (a buffer's stale bytes are never sent again)
+                _return_buffer(end.buf)
+                end.buf = None
         session.result.closed_by = closed_by
         session.result.error = error
         on_closed, session.on_closed = session.on_closed, _closed_already
