@@ -100,9 +100,9 @@ async def test_kick_closes_both_sides_without_injecting_anything() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_plain_sockets_are_spliced_intact_both_ways_at_once() -> None:
-    # Megabytes in both directions at the same time arrive complete and in order, and
-    # the counters add up.
+async def test_plain_sockets_are_relayed_intact_both_ways_at_once() -> None:
+    # Megabytes in both directions at the same time (spliced one way, copied the other)
+    # arrive complete and in order, and the counters add up.
     from mailproxy.io import splice_hub as hub_mod
 
     assert hub_mod.SPLICE
