@@ -850,7 +850,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--idle", help="comma-separated idle session counts (full: 1000,5000,9000)")
     p.add_argument("--fetch-reps", type=int, help="FETCHes of the 20 MiB message (full: 30)")
-    p.add_argument("--append-reps", type=int, help="APPENDs of 20 MiB (full: 10)")
+    p.add_argument("--append-reps", type=int, help="APPENDs of 20 MiB (full: 30)")
     p.add_argument("--nginx-proxy-buffer", default="", help="e.g. 64k (default: nginx's)")
     p.add_argument("--trio-workers", type=int, default=0,
                    help="trio-mailproxy's workers (default: the number of cores, as issue 4 "
@@ -867,7 +867,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.duration = a.duration or (0.5 if smoke else 3.0)
     a.warmup = a.warmup if a.warmup is not None else (0.2 if smoke else 0.5)
     a.fetch_reps = a.fetch_reps or (2 if smoke else 30)
-    a.append_reps = a.append_reps or (2 if smoke else 10)
+    a.append_reps = a.append_reps or (2 if smoke else 30)
     if a.idle is None:
         a.idle = "50" if smoke else "1000,5000,9000"
     a.idle = [int(x) for x in a.idle.split(",") if x.strip()]
