@@ -192,61 +192,41 @@ class SpliceHub:
             self._close(end.session, end.side, os.strerror(e.errno) if e.errno else str(e))
 
     def _read(self, src: _End) -> None:
-        # Only called when nothing is pending: a pipe or buffer is borrowed for these
-        # reads alone. A bulk transfer is moved in up to READS_PER_WAKEUP rounds before
-        # going back to epoll, so other sessions still get their turn.
+        # Only called when nothing is pending: a pipe (from the backend: spliced) or a
+        # buffer (from the client: copied) is borrowed for these reads alone. A bulk
+        # transfer is moved in up to READS_PER_WAKEUP rounds before going back to epoll,
+        # so other sessions still get their turn.
+        copy = src.side == "client"
+        release = _return_buffer if copy else _return_pipe
         for _ in range(READS_PER_WAKEUP):
             if src.fd < 0 or src.pending:
                 return
-            n = self._read_client(src) if src.side == "client" else self._read_server(src)
-            if n <= 0:
+            holder: Any = _borrow_buffer() if copy else _borrow_pipe()
+            try:
+                n = (os.readv(src.fd, (holder,)) if copy
+                     else os.splice(src.fd, holder[1], PIPE_SIZE, flags=SPLICE_FLAGS))
+            except BlockingIOError:
+                release(holder)         # still empty: wait for epoll
+                return
+            except BaseException:
+                release(holder)
+                raise
+            if n == 0:
+                release(holder)
+                self._close(src.session, src.side, "")
                 return
             result = src.session.result
-            if src.side == "client":
+            if copy:
+                src.buf, src.start = holder, 0
                 result.client_bytes += n
             else:
+                src.pipe = holder
                 result.server_bytes += n
             result.last_activity = trio.current_time()
             src.pending = n
             self._drain(src)
             if n < SMALL_READ:
                 return    # the socket was drained: skip the read that would say EAGAIN
-
-    def _read_server(self, src: _End) -> int:
-        """Splice what the backend sent into a pipe; > 0 bytes, or 0 = nothing to do."""
-        pipe = _borrow_pipe()
-        try:
-            n = os.splice(src.fd, pipe[1], PIPE_SIZE, flags=SPLICE_FLAGS)
-        except BlockingIOError:
-            _return_pipe(pipe)      # still empty: wait for epoll
-            return 0
-        except BaseException:
-            _return_pipe(pipe)
-            raise
-        if n == 0:
-            _return_pipe(pipe)
-            self._close(src.session, src.side, "")
-            return 0
-        src.pipe = pipe
-        return n
-
-    def _read_client(self, src: _End) -> int:
-        """Read what the client sent into a buffer; > 0 bytes, or 0 = nothing to do."""
-        buf = _borrow_buffer()
-        try:
-            n = os.readv(src.fd, (buf,))
-        except BlockingIOError:
-            _return_buffer(buf)
-            return 0
-        except BaseException:
-            _return_buffer(buf)
-            raise
-        if n == 0:
-            _return_buffer(buf)
-            self._close(src.session, src.side, "")
-            return 0
-        src.buf, src.start = buf, 0
-        return n
 
     def _drain(self, src: _End) -> None:
         """Move `src`'s pending bytes to its peer; watch the peer if it is full."""
