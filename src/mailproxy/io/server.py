@@ -26,6 +26,7 @@ from ..log import log
 from ..passdb.from_config import build_chain_from_config
 from .session import ClientSession, SessionInfo
 from .splice_hub import SpliceHub
+from .steering import LoadTable, Steering
 from .stream import PlainStream
 from .tls import BackendContexts, server_context
 
@@ -231,7 +232,8 @@ def check_listeners(config: Config) -> None:
 
 class Daemon:
     def __init__(self, config_path: str, *, name: str = "master",
-                 reuse_port: bool = False, cpu: int | None = None) -> None:
+                 reuse_port: bool = False, cpu: int | None = None,
+                 load_table: LoadTable | None = None, index: int = 0) -> None:
         self.config_path = config_path
         self.name = name
         self.reuse_port = reuse_port
@@ -244,9 +246,14 @@ class Daemon:
         self.logging_in = 0     # session tasks still running (not yet handed to the hub)
         self.ready = trio.Event()
         self.hub = SpliceHub()
+        self.load_table = load_table
+        self.index = index
+        self.steering: Steering | None = None
 
     async def run(self, config: Config) -> int:
         limit = raise_nofile_limit()
+        if self.load_table is not None:
+            self.steering = Steering(self.load_table, self.index, limit)
         log.info("master: trio-mailproxy starting; open files limit %d "
                  "(about %d proxied sessions)", limit, max(0, (limit - 64) // 2))
         self.ctx = await build_context(config)
@@ -264,6 +271,9 @@ class Daemon:
                 async with trio.open_nursery() as accept:
                     self.accept_nursery = accept
                     self.serve_listeners(bound)
+                    if self.steering is not None:
+                        # Two descriptors per session (client, backend).
+                        accept.start_soon(self.steering.run, lambda: 2 * self.total)
                     self.ready.set()
                     stop = await self.wait_signals(sigs)
                     accept.cancel_scope.cancel()
@@ -351,6 +361,8 @@ class Daemon:
             self.listeners[key] = (sockets, scope)
             for lsock in sockets:
                 self.accept_nursery.start_soon(self.accept_loop, li, lsock, scope)
+            if self.steering is not None:
+                self.steering.add_sockets(sockets)
             log.info("%s: listening on %s (%s, tls=%s)", self.name, li.bind, li.protocol,
                      li.tls)
 

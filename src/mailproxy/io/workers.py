@@ -17,12 +17,13 @@ import trio
 from ..config import Config, ConfigError
 from .. import log as logmod
 from ..log import log
+from .steering import LoadTable
 
 RESTART_PAUSE = 1.0   # a worker that keeps crashing is not restarted in a tight loop
 EXIT_CONFIG = 78      # EX_CONFIG: the worker cannot run with this config; restarting won't help
 
 
-def _worker_main(config_path: str, config: Config, index: int) -> None:
+def _worker_main(config_path: str, config: Config, index: int, table: LoadTable) -> None:
     from .server import Daemon
 
     # Default handlers until Trio installs its own; the parent's handlers are not ours.
@@ -32,7 +33,8 @@ def _worker_main(config_path: str, config: Config, index: int) -> None:
     try:
         cpus = sorted(os.sched_getaffinity(0))
         code = trio.run(Daemon(config_path, name=f"worker {index}", reuse_port=True,
-                               cpu=cpus[index % len(cpus)]).run, config)
+                               cpu=cpus[index % len(cpus)], load_table=table,
+                               index=index).run, config)
     except ConfigError as e:   # e.g. its listener address was taken after the parent's check
         log.error("worker %d: %s", index, e)
         code = EXIT_CONFIG
@@ -59,10 +61,13 @@ def run_workers(config_path: str, config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
+    # Shared with every worker (inherited across fork): see io/steering.py.
+    table = LoadTable(config.workers)
+
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
-            _worker_main(config_path, config, index)
+            _worker_main(config_path, config, index, table)
         children[pid] = index
 
     log.info("master: starting %d workers", config.workers)

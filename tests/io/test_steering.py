@@ -1,0 +1,200 @@
+"""Steering new connections between workers (io/steering.py): the policy alone, the
+table the workers share across fork, and the BPF program on a real SO_REUSEPORT group."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailproxy.config import Address, Listener
+from mailproxy.io import steering
+from mailproxy.io.server import bind_sockets
+from mailproxy.io.steering import (CONCENTRATE, HOLD, SPREAD, STALE, LoadTable, Steering,
+                                   WorkerLoad, decide, set_concentrate)
+
+NOW = 1000.0
+IDLE = WorkerLoad(0.05, 0.0, NOW)
+
+
+def load(busy: float = 0.05, fds: float = 0.0, age: float = 0.0) -> WorkerLoad:
+    return WorkerLoad(busy, fds, NOW - age)
+
+
+# --- the policy ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode, changed_at, loads, expected", [
+    # quiet workers, the mode settled: one worker takes the connections
+    (SPREAD, NOW - HOLD, [load(0.2), load(0.2)], CONCENTRATE),
+    # ... but not right after a change (no flapping)
+    (SPREAD, NOW - HOLD / 2, [load(0.2), load(0.2)], SPREAD),
+    # together too busy for one worker
+    (SPREAD, NOW - 60, [load(0.35), load(0.3)], SPREAD),
+    # descriptors: one worker would hold too many
+    (SPREAD, NOW - 60, [load(0.1, fds=0.25), load(0.1)], SPREAD),
+    # a silent worker: never concentrate
+    (SPREAD, NOW - 60, [load(0.1), load(0.1, age=STALE + 1)], SPREAD),
+    # concentrated and keeping up: stay
+    (CONCENTRATE, NOW - 60, [load(0.8), load(0.0)], CONCENTRATE),
+    # concentrated and about to fall behind: spread at once (no HOLD)
+    (CONCENTRATE, NOW, [load(0.9), load(0.0)], SPREAD),
+    (CONCENTRATE, NOW, [load(0.1, fds=0.45), load(0.0)], SPREAD),
+    (CONCENTRATE, NOW, [load(0.1), load(0.0, age=STALE + 1)], SPREAD),
+])
+def test_policy(mode: int, changed_at: float, loads: list[WorkerLoad], expected: int) -> None:
+    assert decide(mode, changed_at, NOW, loads) == expected
+
+
+loads_st = st.lists(st.builds(WorkerLoad, st.floats(0, 2), st.floats(0, 1),
+                              st.floats(NOW - 10, NOW)), min_size=1, max_size=8)
+
+
+@given(mode=st.sampled_from([SPREAD, CONCENTRATE]), since=st.floats(0, 10), loads=loads_st)
+def test_policy_properties(mode: int, since: float, loads: list[WorkerLoad]) -> None:
+    wanted = decide(mode, NOW - since, NOW, loads)
+    if wanted == CONCENTRATE:
+        # Only when no worker is overloaded, silent or short of descriptors ...
+        assert all(w.busy <= steering.BUSY_HIGH and w.fds <= steering.FDS_HIGH
+                   and NOW - w.stamp <= STALE for w in loads)
+        # ... and a switch to it needs the quiet criteria and the hold time.
+        if mode == SPREAD:
+            assert since >= HOLD
+            assert sum(w.busy for w in loads) < steering.BUSY_LOW
+
+
+# --- the shared table -----------------------------------------------------------------------
+
+def test_table_is_shared_across_fork() -> None:
+    table = LoadTable(3)
+    pid = os.fork()
+    if pid == 0:      # the child: a worker reporting, then switching the mode
+        try:
+            table.write(2, WorkerLoad(0.5, 0.25, 42.0))
+            table.set_mode(CONCENTRATE, 43.0)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert table.loads()[2] == WorkerLoad(0.5, 0.25, 42.0)
+    assert table.mode() == (CONCENTRATE, 43.0)
+    assert [w.busy for w in table.loads()[:2]] == [0.0, 0.0]
+
+
+# --- the kernel side ------------------------------------------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="SO_ATTACH_REUSEPORT_CBPF is Linux-only")
+
+
+def reuseport_group(n: int) -> list[socket.socket]:
+    """n listening sockets in one SO_REUSEPORT group on a free loopback port."""
+    li = Listener("imap", Address("127.0.0.1", 0), "none")
+    (first,) = bind_sockets(li, socket.getaddrinfo("127.0.0.1", 0, type=socket.SOCK_STREAM),
+                            reuse_port=True)
+    port = first.getsockname()[1]
+    group = [first]
+    for _ in range(n - 1):
+        group += bind_sockets(li, socket.getaddrinfo("127.0.0.1", port,
+                                                     type=socket.SOCK_STREAM),
+                              reuse_port=True)
+    return group
+
+
+def connect_and_count(group: list[socket.socket], n: int) -> list[int]:
+    """Open n connections to the group's port; how many each socket received."""
+    port = group[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    try:
+        time.sleep(0.05)
+        counts = []
+        for lsock in group:
+            got = 0
+            while True:
+                try:
+                    conn, _ = lsock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                got += 1
+            counts.append(got)
+        return counts
+    finally:
+        for c in clients:
+            c.close()
+
+
+@linux_only
+def test_concentrate_sends_every_connection_to_one_socket() -> None:
+    group = reuseport_group(2)
+    try:
+        # Without a program the kernel spreads 64 connections from different source
+        # ports over both sockets (all on one: probability 2**-63).
+        assert all(connect_and_count(group, 64))
+        assert set_concentrate(group[1], True)     # any socket of the group sets it
+        assert connect_and_count(group, 64) == [64, 0]
+        assert set_concentrate(group[0], False)
+        assert all(connect_and_count(group, 64))
+    finally:
+        for s in group:
+            s.close()
+
+
+@linux_only
+def test_workers_switch_together() -> None:
+    """Two workers' Steering on one table and one group: quiet → concentrate; one busy
+    worker → spread; and each worker follows a switch made by the other."""
+    group = reuseport_group(2)
+    table = LoadTable(2)
+    workers = [Steering(table, i, fd_limit=20000) for i in range(2)]
+    for w, sock in zip(workers, group):
+        w.add_sockets([sock])
+    start = table.mode()[1]
+    try:
+        now = start + HOLD + 1
+        workers[0].step(0.1, 0, now)
+        workers[1].step(0.1, 0, now)     # both reported quiet, HOLD is over
+        assert table.mode()[0] == CONCENTRATE
+        assert sorted(connect_and_count(group, 32)) == [0, 32]
+        workers[0].step(0.2, 0, now + 0.5)
+        assert workers[0].mode == CONCENTRATE      # followed worker 1's switch
+        # the worker taking every connection is now nearly saturated
+        workers[0].step(0.95, 0, now + 1)
+        assert table.mode()[0] == SPREAD
+        assert all(connect_and_count(group, 64))
+        # quiet again, but within HOLD of the switch: stay spread
+        workers[0].step(0.1, 0, now + 1.5)
+        workers[1].step(0.1, 0, now + 1.5)
+        assert table.mode()[0] == SPREAD
+        workers[0].step(0.1, 0, now + 1 + HOLD)
+        assert table.mode()[0] == CONCENTRATE
+        # a listener added later (reload) is concentrated from the start
+        added = reuseport_group(2)
+        group += added
+        workers[0].add_sockets(added[:1])
+        assert sorted(connect_and_count(added, 32)) == [0, 32]
+    finally:
+        for s in group:
+            s.close()
+
+
+@linux_only
+def test_many_descriptors_spread() -> None:
+    group = reuseport_group(2)
+    table = LoadTable(2)
+    worker = Steering(table, 0, fd_limit=1000)
+    worker.add_sockets(group[:1])
+    try:
+        t = table.mode()[1] + HOLD + 1
+        table.write(1, WorkerLoad(0.0, 0.0, t))
+        worker.step(0.1, 100, t)
+        assert table.mode()[0] == CONCENTRATE
+        table.write(1, WorkerLoad(0.0, 0.0, t + 0.5))
+        worker.step(0.1, 500, t + 0.5)      # half its descriptors: spread
+        assert table.mode()[0] == SPREAD
+    finally:
+        for s in group:
+            s.close()
