@@ -198,3 +198,53 @@ def test_many_descriptors_spread() -> None:
     finally:
         for s in group:
             s.close()
+
+
+@linux_only
+def test_each_step_puts_the_group_back_in_the_tables_mode() -> None:
+    """Two workers switching at the same moment could leave a group in the mode the
+    table does not say; the next step of any worker repairs it."""
+    group = reuseport_group(2)
+    table = LoadTable(2)
+    worker = Steering(table, 0, fd_limit=20000)
+    worker.add_sockets(group[:1])
+    try:
+        assert table.mode()[0] == SPREAD
+        assert set_concentrate(group[1], True)      # the other worker's stale switch
+        assert connect_and_count(group, 32) == [32, 0]
+        t = table.mode()[1] + 0.5                    # within HOLD: no switch now
+        table.write(1, WorkerLoad(0.0, 0.0, t))
+        worker.step(0.1, 0, t)
+        assert table.mode()[0] == SPREAD
+        assert all(connect_and_count(group, 64))
+    finally:
+        for s in group:
+            s.close()
+
+
+@linux_only
+async def test_workers_left_alone_concentrate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steering.run itself: two quiet workers (windows and hold shortened) end up
+    sending every connection to one of them."""
+    import trio
+    monkeypatch.setattr(steering, "WINDOW", 0.05)
+    monkeypatch.setattr(steering, "HOLD", 0.2)
+    monkeypatch.setattr(steering, "STALE", 1.0)
+    group = reuseport_group(2)
+    table = LoadTable(2)
+    workers = [Steering(table, i, fd_limit=20000) for i in range(2)]
+    for w, sock in zip(workers, group):
+        w.add_sockets([sock])
+    try:
+        with trio.move_on_after(1.0):
+            async with trio.open_nursery() as nursery:
+                for w in workers:
+                    nursery.start_soon(w.run, lambda: 0)
+                while table.mode()[0] != CONCENTRATE:
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        assert table.mode()[0] == CONCENTRATE
+        assert sorted(connect_and_count(group, 32)) == [0, 32]
+    finally:
+        for s in group:
+            s.close()

@@ -10,8 +10,8 @@ Owns: the choice, made together by the workers of `workers = N`, between
 Why: a login costs a Python worker far less CPU when its process is already running and
 its caches are warm than when it wakes up for each connection. Measured on the bench (2
 cores, IMAP logins at 50 concurrent clients, CPU of all the daemon's processes per login):
-one worker 462-471 µs, two workers splitting the connections 560-601 µs (+20 %), two
-workers with every connection steered to one of them 496 µs. Spreading is right once one
+one worker 462-506 µs, two workers splitting the connections 560-601 µs (+20 %), two
+workers with every connection steered to one of them 481-518 µs. Spreading is right once one
 process cannot keep up, so the workers measure how busy they are and switch:
 
 - every WINDOW seconds each worker writes its busy share (CPU time / wall time) and its
@@ -64,7 +64,7 @@ _RET_FIRST = struct.pack("HBBI", 0x06, 0, 0, 0)
 class WorkerLoad:
     busy: float       # CPU seconds per wall-clock second over the last window
     fds: float        # share of the worker's descriptor limit in use
-    stamp: float      # time.monotonic() when written; 0 = never
+    stamp: float      # time.monotonic() when written (the same clock in every process)
 
 
 def decide(mode: int, changed_at: float, now: float, loads: Iterable[WorkerLoad]) -> int:
@@ -168,13 +168,14 @@ class Steering:
             if not self._apply(wanted) and wanted == CONCENTRATE:
                 return            # the kernel cannot: stay spread, say nothing
             self.table.set_mode(wanted, now)
-            self.mode = wanted
             log.debug("worker %d: new connections %s", self.index,
                       "to one worker" if wanted == CONCENTRATE else "spread")
-        elif mode != self.mode:
-            # Another worker switched the groups; our sockets are in the same groups, so
-            # nothing to do but remember (and new sockets from a reload follow it).
-            self.mode = mode
+        else:
+            # The table is the truth: every window each worker sets its groups to it
+            # again (one setsockopt per listener), so two workers switching at the same
+            # moment cannot leave a group in the other mode for longer than a window.
+            self._apply(mode)
+        self.mode = wanted
 
     async def run(self, open_fds: Callable[[], int]) -> None:
         """Every WINDOW: measure this process's busy share and step."""
