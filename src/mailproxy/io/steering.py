@@ -53,6 +53,7 @@ FDS_HIGH = 0.4        # a worker holding this share of its descriptors: spread
 FDS_LOW = 0.2
 STALE = 4 * WINDOW    # a worker silent this long is treated as overloaded
 HOLD = 2.0
+REASSERT_EVERY = 10  # windows
 
 SPREAD, CONCENTRATE = 0, 1
 
@@ -142,6 +143,7 @@ class Steering:
         self.index = index
         self.fd_limit = max(fd_limit, 1)
         self.mode = SPREAD        # what this worker's sockets were last set to
+        self._windows = 0
         self.sockets: list[socket.socket] = []
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
@@ -170,11 +172,13 @@ class Steering:
             self.table.set_mode(wanted, now)
             log.debug("worker %d: new connections %s", self.index,
                       "to one worker" if wanted == CONCENTRATE else "spread")
-        else:
-            # The table is the truth: every window each worker sets its groups to it
-            # again (one setsockopt per listener), so two workers switching at the same
-            # moment cannot leave a group in the other mode for longer than a window.
+        elif mode != self.mode or self._windows % REASSERT_EVERY == 0:
+            # The table is the truth: a worker sets its groups to it again when it sees
+            # another worker's switch, and every REASSERT_EVERY windows anyway, so two
+            # workers switching at the same moment cannot leave a group in the other
+            # mode for long. (Attaching builds a new program: not every window.)
             self._apply(mode)
+        self._windows += 1
         self.mode = wanted
 
     async def run(self, open_fds: Callable[[], int]) -> None:
