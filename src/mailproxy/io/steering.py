@@ -7,12 +7,15 @@ Owns: the choice, made together by the workers of `workers = N`, between
 - SPREAD: the kernel's own choice (the 4-tuple hash, with each worker's SO_INCOMING_CPU
   preference, see server.py).
 
-Why: a login costs a Python worker far less CPU when its process is already running and
-its caches are warm than when it wakes up for each connection. Measured on the bench (2
-cores, IMAP logins at 50 concurrent clients, CPU of all the daemon's processes per login):
-one worker 462-506 µs, two workers splitting the connections 560-601 µs (+20 %), two
-workers with every connection steered to one of them 481-518 µs. Spreading is right once one
-process cannot keep up, so the workers measure how busy they are and switch:
+Why: a login costs a Python worker less CPU when its process is already running and its
+caches are warm than when it wakes up for each connection. Measured on the bench machine
+(2 cores, IMAP logins at 50 concurrent clients, CPU of all the daemon's processes per
+login, daemons side by side, interleaved): one worker 462-506 µs; two workers split by
+the kernel 560-608 µs; two workers steered 481-585 µs, 4-20 % less than split in the
+same runs (how much depends on how often the kernel's SO_INCOMING_CPU choice already kept
+the client's connections on one worker: with a single client process on loopback, often).
+Spreading is right once one process cannot keep up, so the workers measure how busy they
+are and switch:
 
 - every WINDOW seconds each worker writes its busy share (CPU time / wall time) and its
   share of its descriptor limit in a small table shared by all workers (an anonymous
