@@ -127,8 +127,9 @@ def set_concentrate(sock: socket.socket, on: bool) -> bool:
     try:
         if on:
             program = ctypes.create_string_buffer(_RET_FIRST, len(_RET_FIRST))
-            # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
-            fprog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(program))
+            # struct sock_fprog { unsigned short len; struct sock_filter *filter; },
+            # native alignment ("@") pads the pointer as the C compiler does.
+            fprog = struct.pack("@HP", 1, ctypes.addressof(program))
             sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
         else:
             sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
