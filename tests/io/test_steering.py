@@ -34,7 +34,7 @@ def load(busy: float = 0.05, fds: float = 0.0, age: float = 0.0) -> WorkerLoad:
     # ... but not right after a change (no flapping)
     (SPREAD, NOW - HOLD / 2, [load(0.2), load(0.2)], SPREAD),
     # together too busy for one worker
-    (SPREAD, NOW - 60, [load(0.35), load(0.3)], SPREAD),
+    (SPREAD, NOW - 60, [load(0.4), load(0.35)], SPREAD),
     # descriptors: one worker would hold too many
     (SPREAD, NOW - 60, [load(0.1, fds=0.25), load(0.1)], SPREAD),
     # a silent worker: never concentrate

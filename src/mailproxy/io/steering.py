@@ -51,7 +51,9 @@ SO_DETACH_REUSEPORT_BPF = 68
 
 WINDOW = 0.5
 BUSY_HIGH = 0.85      # a worker this busy is about to fall behind: spread
-BUSY_LOW = 0.6        # all workers together this busy: one worker would do
+BUSY_LOW = 0.7        # all workers together less busy than this: one worker will do
+# (one worker then runs at about 0.55-0.7: the load costs it less than it cost the
+# workers spread, so it lands well under BUSY_HIGH and the modes do not flap)
 FDS_HIGH = 0.4        # a worker holding this share of its descriptors: spread
 FDS_LOW = 0.2
 STALE = 4 * WINDOW    # a worker silent this long is treated as overloaded
