@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import imaplib
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -105,6 +106,54 @@ def test_workers_share_the_listeners(backend: DovecotBackend) -> None:
             assert imap.login("alice", "alicepw")[0] == "OK"
             imap.logout()
         proxy.wait_for_log("Started proxying")
+        assert proxy.stop() == 0
+
+
+def _sockets_per_worker(proxy: MailProxy) -> dict[int, int]:
+    """Open sockets of each worker process (the daemon runs in its own session)."""
+    assert proxy._proc is not None
+    sid, out = proxy._proc.pid, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == sid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            if int(stat[stat.rindex(b")") + 2:].split()[3]) != sid:
+                continue
+            fds = os.listdir(f"/proc/{entry}/fd")
+            out[int(entry)] = sum(os.readlink(f"/proc/{entry}/fd/{fd}").startswith("socket:")
+                                  for fd in fds)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def test_quiet_workers_take_new_sessions_in_one_process(backend: DovecotBackend) -> None:
+    """io/steering.py in the daemon: once the workers have settled, every new session
+    (its client and backend sockets) lands in the same worker process."""
+    with MailProxy(static(route(backend)), top='workers = 2\nlog_level = "debug"') as proxy:
+        proxy.wait_for_log("new connections to one worker")
+        before = _sockets_per_worker(proxy)
+        assert len(before) == 2
+        sessions = []
+        cpus = sorted(os.sched_getaffinity(0))
+        try:
+            for i in range(8):     # the backend allows 10 per user and IP
+                # From each CPU in turn: spread, SO_INCOMING_CPU would give each worker
+                # the connections made on its own CPU.
+                os.sched_setaffinity(0, {cpus[i % len(cpus)]})
+                imap = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=10)
+                assert imap.login("alice", "alicepw")[0] == "OK"
+                sessions.append(imap)
+            os.sched_setaffinity(0, cpus)
+            after = _sockets_per_worker(proxy)
+            added = sorted(after[pid] - before[pid] for pid in before)
+            assert added == [0, 16], (before, after)
+        finally:
+            os.sched_setaffinity(0, cpus)
+            for imap in sessions:
+                imap.logout()
         assert proxy.stop() == 0
 
 
