@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given
@@ -90,6 +91,23 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="SO_ATTACH_REUSEPORT_CBPF is Linux-only")
 
 
+NewGroup = Callable[[int], list[socket.socket]]
+
+
+@pytest.fixture
+def new_group() -> Iterator[NewGroup]:
+    """reuseport_group(), every socket closed after the test."""
+    made: list[socket.socket] = []
+
+    def make(n: int) -> list[socket.socket]:
+        group = reuseport_group(n)
+        made.extend(group)
+        return group
+    yield make
+    for sock in made:
+        sock.close()
+
+
 def reuseport_group(n: int) -> list[socket.socket]:
     """n listening sockets in one SO_REUSEPORT group on a free loopback port."""
     li = Listener("imap", Address("127.0.0.1", 0), "none")
@@ -128,123 +146,104 @@ def connect_and_count(group: list[socket.socket], n: int) -> list[int]:
 
 
 @linux_only
-def test_concentrate_sends_every_connection_to_one_socket() -> None:
-    group = reuseport_group(2)
-    try:
-        # Without a program the kernel spreads 64 connections from different source
-        # ports over both sockets (all on one: probability 2**-63).
-        assert all(connect_and_count(group, 64))
-        assert set_concentrate(group[1], True)     # any socket of the group sets it
-        assert connect_and_count(group, 64) == [64, 0]
-        assert set_concentrate(group[0], False)
-        assert all(connect_and_count(group, 64))
-    finally:
-        for s in group:
-            s.close()
+def test_concentrate_sends_every_connection_to_one_socket(new_group: NewGroup) -> None:
+    group = new_group(2)
+    # Without a program the kernel spreads 64 connections from different source
+    # ports over both sockets (all on one: probability 2**-63).
+    assert all(connect_and_count(group, 64))
+    assert set_concentrate(group[1], True)     # any socket of the group sets it
+    assert connect_and_count(group, 64) == [64, 0]
+    assert set_concentrate(group[0], False)
+    assert all(connect_and_count(group, 64))
 
 
 @linux_only
-def test_workers_switch_together() -> None:
+def test_workers_switch_together(new_group: NewGroup) -> None:
     """Two workers' Steering on one table and one group: quiet → concentrate; one busy
     worker → spread; and each worker follows a switch made by the other."""
-    group = reuseport_group(2)
+    group = new_group(2)
     table = LoadTable(2)
     workers = [Steering(table, i, fd_limit=20000) for i in range(2)]
     for w, sock in zip(workers, group):
         w.add_sockets([sock])
     start = table.mode()[1]
-    try:
-        now = start + HOLD + 1
-        workers[0].step(0.1, 0, now)
-        workers[1].step(0.1, 0, now)     # both reported quiet, HOLD is over
-        assert table.mode()[0] == CONCENTRATE
-        assert sorted(connect_and_count(group, 32)) == [0, 32]
-        workers[0].step(0.2, 0, now + 0.5)
-        assert workers[0].mode == CONCENTRATE      # followed worker 1's switch
-        # the worker taking every connection is now nearly saturated
-        workers[0].step(0.95, 0, now + 1)
-        assert table.mode()[0] == SPREAD
-        assert all(connect_and_count(group, 64))
-        # quiet again, but within HOLD of the switch: stay spread
-        workers[0].step(0.1, 0, now + 1.5)
-        workers[1].step(0.1, 0, now + 1.5)
-        assert table.mode()[0] == SPREAD
-        workers[0].step(0.1, 0, now + 1 + HOLD)
-        assert table.mode()[0] == CONCENTRATE
-        # a listener added later (reload) is concentrated from the start
-        added = reuseport_group(2)
-        group += added
-        workers[0].add_sockets(added[:1])
-        assert sorted(connect_and_count(added, 32)) == [0, 32]
-    finally:
-        for s in group:
-            s.close()
+    now = start + HOLD + 1
+    workers[0].step(0.1, 0, now)
+    workers[1].step(0.1, 0, now)     # both reported quiet, HOLD is over
+    assert table.mode()[0] == CONCENTRATE
+    assert sorted(connect_and_count(group, 32)) == [0, 32]
+    workers[0].step(0.2, 0, now + 0.5)
+    assert workers[0].mode == CONCENTRATE      # followed worker 1's switch
+    # the worker taking every connection is now nearly saturated
+    workers[0].step(0.95, 0, now + 1)
+    assert table.mode()[0] == SPREAD
+    assert all(connect_and_count(group, 64))
+    # quiet again, but within HOLD of the switch: stay spread
+    workers[0].step(0.1, 0, now + 1.5)
+    workers[1].step(0.1, 0, now + 1.5)
+    assert table.mode()[0] == SPREAD
+    workers[0].step(0.1, 0, now + 1 + HOLD)
+    assert table.mode()[0] == CONCENTRATE
+    # a listener added later (reload) is concentrated from the start
+    added = new_group(2)
+    workers[0].add_sockets(added[:1])
+    assert sorted(connect_and_count(added, 32)) == [0, 32]
 
 
 @linux_only
-def test_many_descriptors_spread() -> None:
-    group = reuseport_group(2)
+def test_many_descriptors_spread(new_group: NewGroup) -> None:
+    group = new_group(2)
     table = LoadTable(2)
     worker = Steering(table, 0, fd_limit=1000)
     worker.add_sockets(group[:1])
-    try:
-        t = table.mode()[1] + HOLD + 1
-        table.write(1, WorkerLoad(0.0, 0.0, t))
-        worker.step(0.1, 100, t)
-        assert table.mode()[0] == CONCENTRATE
-        table.write(1, WorkerLoad(0.0, 0.0, t + 0.5))
-        worker.step(0.1, 500, t + 0.5)      # half its descriptors: spread
-        assert table.mode()[0] == SPREAD
-    finally:
-        for s in group:
-            s.close()
+    t = table.mode()[1] + HOLD + 1
+    table.write(1, WorkerLoad(0.0, 0.0, t))
+    worker.step(0.1, 100, t)
+    assert table.mode()[0] == CONCENTRATE
+    table.write(1, WorkerLoad(0.0, 0.0, t + 0.5))
+    worker.step(0.1, 500, t + 0.5)      # half its descriptors: spread
+    assert table.mode()[0] == SPREAD
 
 
 @linux_only
-def test_each_step_puts_the_group_back_in_the_tables_mode() -> None:
+def test_each_step_puts_the_group_back_in_the_tables_mode(new_group: NewGroup) -> None:
     """Two workers switching at the same moment could leave a group in the mode the
     table does not say; the next step of any worker repairs it."""
-    group = reuseport_group(2)
+    group = new_group(2)
     table = LoadTable(2)
     worker = Steering(table, 0, fd_limit=20000)
     worker.add_sockets(group[:1])
-    try:
-        assert table.mode()[0] == SPREAD
-        assert set_concentrate(group[1], True)      # the other worker's stale switch
-        assert connect_and_count(group, 32) == [32, 0]
-        t = table.mode()[1] + 0.5                    # within HOLD: no switch now
-        table.write(1, WorkerLoad(0.0, 0.0, t))
-        worker.step(0.1, 0, t)
-        assert table.mode()[0] == SPREAD
-        assert all(connect_and_count(group, 64))
-    finally:
-        for s in group:
-            s.close()
+    assert table.mode()[0] == SPREAD
+    assert set_concentrate(group[1], True)      # the other worker's stale switch
+    assert connect_and_count(group, 32) == [32, 0]
+    t = table.mode()[1] + 0.5                    # within HOLD: no switch now
+    table.write(1, WorkerLoad(0.0, 0.0, t))
+    worker.step(0.1, 0, t)
+    assert table.mode()[0] == SPREAD
+    assert all(connect_and_count(group, 64))
 
 
 @linux_only
-async def test_workers_left_alone_concentrate(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_workers_left_alone_concentrate(
+        monkeypatch: pytest.MonkeyPatch,
+        new_group: NewGroup) -> None:
     """Steering.run itself: two quiet workers (windows and hold shortened) end up
     sending every connection to one of them."""
     import trio
     monkeypatch.setattr(steering, "WINDOW", 0.05)
     monkeypatch.setattr(steering, "HOLD", 0.2)
     monkeypatch.setattr(steering, "STALE", 1.0)
-    group = reuseport_group(2)
+    group = new_group(2)
     table = LoadTable(2)
     workers = [Steering(table, i, fd_limit=20000) for i in range(2)]
     for w, sock in zip(workers, group):
         w.add_sockets([sock])
-    try:
-        with trio.move_on_after(1.0):
-            async with trio.open_nursery() as nursery:
-                for w in workers:
-                    nursery.start_soon(w.run, lambda: 0)
-                while table.mode()[0] != CONCENTRATE:
-                    await trio.sleep(0.05)
-                nursery.cancel_scope.cancel()
-        assert table.mode()[0] == CONCENTRATE
-        assert sorted(connect_and_count(group, 32)) == [0, 32]
-    finally:
-        for s in group:
-            s.close()
+    with trio.move_on_after(1.0):
+        async with trio.open_nursery() as nursery:
+            for w in workers:
+                nursery.start_soon(w.run, lambda: 0)
+            while table.mode()[0] != CONCENTRATE:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert table.mode()[0] == CONCENTRATE
+    assert sorted(connect_and_count(group, 32)) == [0, 32]
