@@ -339,6 +339,26 @@ def test_starttls_then_login(backend: DovecotBackend, tls_certs) -> None:  # typ
         imap.logout()
 
 
+def test_the_greeting_offers_plaintext_login_to_secured_clients_only(
+        backend: DovecotBackend) -> None:
+    # The greeting leaves from the accept loop, before the session exists; it still
+    # depends on who the client is: with disable_plaintext_auth, a client on the
+    # listener's own address or in trusted_networks may log in in plaintext, another
+    # gets LOGINDISABLED and PRIVACYREQUIRED.
+    with MailProxy(static(route(backend, "nopassword=y")), auth="failure_delay = 0",
+                   top='trusted_networks = ["127.0.0.3/32"]') as proxy:
+        for source, secured in (("127.0.0.1", True), ("127.0.0.2", False),
+                                ("127.0.0.3", True)):
+            imap = IMAP4From("127.0.0.1", proxy.port, source)
+            assert (b"LOGINDISABLED" in imap.welcome) is not secured, source
+            if secured:
+                assert imap.login("alice", "alicepw")[0] == "OK"
+            else:
+                with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+                    imap.login("alice", "alicepw")
+            imap.logout()
+
+
 def test_implicit_tls_listener(backend: DovecotBackend, tls_certs) -> None:  # type: ignore[no-untyped-def]
     ctx = ssl.create_default_context(cafile=str(tls_certs.ca))
     with MailProxy(static(route(backend, "nopassword=y")), listeners=[("imap", "implicit")],

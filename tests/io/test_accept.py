@@ -35,9 +35,10 @@ class Worker:
         self.daemon = Daemon("unused.toml", name=f"worker {cpu}", reuse_port=True, cpu=cpu)
         self.accepted = 0
         self.clients: list[socket.socket] = []
+        monkeypatch.setattr(self.daemon, "admit", lambda *args: None)
         monkeypatch.setattr(self.daemon, "handle", self.handle)
 
-    async def handle(self, li: Listener, stream: Any, peer: object, local: object) -> None:
+    async def handle(self, li: Listener, stream: Any, peer: object, admission: object) -> None:
         self.accepted += 1
         stream.socket.close()
 

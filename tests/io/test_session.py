@@ -17,7 +17,7 @@ import trustme
 from mailproxy.config import load_config
 from mailproxy.io import backend as backend_mod
 from mailproxy.io.server import build_context
-from mailproxy.io.session import ClientSession
+from mailproxy.io.session import ClientSession, opening_greeting
 from mailproxy.io.tls import BackendContexts
 from mailproxy.protocols import _events as ev
 from mailproxy.protocols import imap
@@ -62,6 +62,35 @@ async def client_and_session(tmp_path: Path, extra: str) -> tuple[trio.abc.Strea
     client, proxy_side = trio.testing.memory_stream_pair()
     return client, ClientSession(ctx, config.listeners[0], proxy_side, ("127.0.0.9", 5555),
                                  ("127.0.0.1", 10143))
+
+
+async def test_the_accept_loops_greeting_is_the_one_the_session_would_send(
+        tmp_path: Path) -> None:
+    # Daemon.admit() sends opening_greeting() before the session exists, and the session
+    # then skips that many bytes of its own greeting: they must be the same bytes, for
+    # secured clients (same address as the listener, trusted network) and others.
+    path = tmp_path / "proxy.toml"
+    path.write_text("""
+trusted_networks = ["127.0.0.3/32"]
+[[listener]]
+protocol = "imap"
+bind = "127.0.0.1:10143"
+tls = "none"
+[[passdb]]
+driver = "static"
+args = "proxy=y host=127.0.0.1 port=1143 nopassword=y"
+""")
+    config = load_config(path)
+    ctx = await build_context(config)
+    li = config.listeners[0]
+    login_disabled = set()
+    for peer in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "::ffff:127.0.0.2", "::ffff:127.0.0.3"):
+        session = ClientSession(ctx, li, trio.testing.memory_stream_pair()[1], (peer, 5555),
+                                ("127.0.0.1", 10143))
+        own = session.new_server_connection().data_to_send()
+        assert opening_greeting(ctx, li, peer, "127.0.0.1") == own, peer
+        login_disabled.add(b"LOGINDISABLED" in own)
+    assert login_disabled == {True, False}     # both kinds of greeting were compared
 
 
 async def test_silent_client_gets_bye_at_the_login_deadline(

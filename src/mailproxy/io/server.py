@@ -16,7 +16,7 @@ import signal
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -24,7 +24,7 @@ from ..config import Config, ConfigError, ConfigErrors, Listener, load_config
 from .. import log as logmod
 from ..log import log
 from ..passdb.from_config import build_chain_from_config
-from .session import ClientSession, SessionInfo
+from .session import ClientSession, SessionInfo, opening_greeting
 from .splice_hub import SpliceHub
 from .steering import LoadTable, Steering
 from .stream import PlainStream
@@ -62,6 +62,17 @@ def resolve_source_ips(entries: tuple[str, ...]) -> list[str]:
     return out
 
 
+class Admission:
+    """What the accept loop settled for a connection before its session task starts."""
+
+    __slots__ = ("local", "release", "greeted")
+
+    def __init__(self, local: Any, release: Callable[[], None], greeted: int) -> None:
+        self.local = local          # the address the client reached
+        self.release = release      # gives back the connection's place under the caps
+        self.greeted = greeted      # bytes of the greeting already sent
+
+
 @dataclass
 class ProxyContext:
     """Everything sessions share. SIGHUP builds a new one; running sessions keep theirs."""
@@ -74,6 +85,9 @@ class ProxyContext:
     source_ips: list[str]
     sessions: set[SessionInfo] = field(default_factory=set)
     hub: SpliceHub | None = None
+    # opening_greeting()'s bytes by (listener id, secured): the context's listeners
+    # live as long as it does
+    greetings: dict[tuple[int, bool], bytes] = field(default_factory=dict)
     _source_cycle: Any = None
 
     def __post_init__(self) -> None:
@@ -374,6 +388,7 @@ class Daemon:
         # A listener bound to one address knows every connection's local address; only a
         # wildcard bind has to ask the kernel (getsockname) per connection.
         bound = lsock.getsockname()
+        family = int(lsock.family)
         local = None if bound[0] in ("0.0.0.0", "::") else bound[:2]
         assert self.sessions_nursery is not None
         start = self.sessions_nursery.start_soon
@@ -385,7 +400,7 @@ class Daemon:
             try:
                 while True:
                     try:
-                        sock, peer = lsock.accept()
+                        fd, peer = lsock._accept()
                     except BlockingIOError:
                         batch = 0
                         if not preferring and cpu is not None and \
@@ -401,8 +416,12 @@ class Daemon:
                             await trio.sleep(ACCEPT_BACKOFF)
                             continue
                         raise
+                    # What socket.accept() does (it calls _accept() too), without its
+                    # per-call enum conversions of the listener's family and type
+                    sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
                     sock.setblocking(False)
-                    start(self.handle, li, PlainStream(sock, nodelay=False), peer, local)
+                    stream = PlainStream(sock, nodelay=False)
+                    start(self.handle, li, stream, peer, self.admit(li, stream, peer, local))
                     batch += 1
                     if batch >= ACCEPT_BATCH:
                         batch = 0
@@ -417,30 +436,26 @@ class Daemon:
                 trio.lowlevel.notify_closing(lsock)
                 lsock.close()
 
-    async def handle(self, li: Listener, stream: PlainStream, peer: Any,
-                     local: Any) -> None:
+    def admit(self, li: Listener, stream: PlainStream, peer: Any,
+              local: Any) -> Admission | None:
+        """A new connection's synchronous start, in the accept loop: the connection caps,
+        then, on a plaintext listener, the greeting. Sent before the session's task is
+        spawned, the greeting reaches the client a scheduler round earlier, and the
+        client's login is on its way while the task starts (the greeting is the first
+        step of every login's critical path). None: over a cap, or the socket is gone."""
         ctx = self.ctx
         assert ctx is not None
         if local is None:
             try:
                 local = stream.socket.getsockname()
             except OSError:
-                await trio.aclose_forcefully(stream)
-                return
+                return None
         ip = peer[0]
         limits = ctx.config.limits
         if self.total >= limits.max_connections or \
                 self.per_ip.get(ip, 0) >= limits.max_connections_per_ip:
-            # Over a cap: say so in the protocol's own words and close.
             log.warning("master: connection limit reached (rip=%s): closing", ip)
-            with trio.move_on_after(1):
-                try:
-                    await stream.send_all(b"* BYE [UNAVAILABLE] Too many connections, "
-                                          b"try again later.\r\n")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            await trio.aclose_forcefully(stream)
-            return
+            return None
         self.total += 1
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
 
@@ -454,8 +469,33 @@ class Daemon:
             else:
                 del self.per_ip[ip]
 
+        greeted = 0
+        if li.tls != "implicit" and not li.proxy_protocol:
+            try:
+                # A new socket's send buffer is empty: a greeting always fits.
+                greeted = stream.socket.send(opening_greeting(ctx, li, ip, local[0]))
+            except OSError:
+                pass        # the session's own send of it reports the failure
+        return Admission(local, release, greeted)
+
+    async def handle(self, li: Listener, stream: PlainStream, peer: Any,
+                     admission: Admission | None) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        if admission is None:
+            # Over a cap: say so in the protocol's own words and close.
+            with trio.move_on_after(1):
+                try:
+                    await stream.send_all(b"* BYE [UNAVAILABLE] Too many connections, "
+                                          b"try again later.\r\n")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            await trio.aclose_forcefully(stream)
+            return
+        release = admission.release
         self.logging_in += 1
-        session = ClientSession(ctx, li, stream, peer[:2], local[:2], release=release)
+        session = ClientSession(ctx, li, stream, peer[:2], admission.local[:2],
+                                release=release, greeted=admission.greeted)
         try:
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):

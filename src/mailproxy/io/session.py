@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import trio
@@ -84,11 +84,54 @@ def _plain_ip(ip: str) -> str:
     return str(addr)
 
 
+def _secured(tls_active: bool, trusted: bool, rip: str, lip: str) -> bool:
+    # Dovecot: TLS, or a trusted client, or the client address equals the local address.
+    # (Another 127.x address is NOT secured.)
+    return tls_active or trusted or rip == lip
+
+
+def server_connection(ctx: "ProxyContext", listener: "Listener", *, tls_active: bool,
+                      secured: bool) -> Any:
+    """The client-facing protocol connection for a session (it queues the greeting)."""
+    cfg = ctx.config
+    return imap.ServerConnection(
+        greeting=cfg.login_greeting,
+        tls_available=ctx.server_tls is not None and listener.tls != "none",
+        tls_active=tls_active,
+        secured=secured,
+        disable_plaintext_auth=cfg.auth.disable_plaintext_auth,
+        mechanisms=cfg.auth.mechanisms,
+        capability_override=cfg.imap_capability or None,
+        max_line_length=cfg.limits.max_line_length,
+        max_literal_size=cfg.limits.max_literal_size,
+        hostname=ctx.hostname,
+    )
+
+
+def opening_greeting(ctx: "ProxyContext", listener: "Listener", peer_ip: str,
+                     local_ip: str) -> bytes:
+    """The greeting a new connection on a plaintext listener gets: the very bytes its
+    session's server_connection() will queue (the session skips what was sent). It
+    depends on the listener and on whether the client counts as secured, so it is
+    built once per pair and kept in the context."""
+    rip = _plain_ip(peer_ip)
+    secured = _secured(False, _ip_in(rip, ctx.config.trusted_networks), rip,
+                       _plain_ip(local_ip))
+    key = (id(listener), secured)
+    greeting = ctx.greetings.get(key)
+    if greeting is None:
+        greeting = server_connection(ctx, listener, tls_active=False,
+                                     secured=secured).data_to_send()
+        ctx.greetings[key] = greeting
+    return greeting
+
+
 class ClientSession:
     def __init__(self, ctx: "ProxyContext", listener: "Listener", stream: trio.abc.Stream,
                  peer: tuple[str, int], local: tuple[str, int],
-                 release: Callable[[], None] = lambda: None) -> None:
+                 release: Callable[[], None] = lambda: None, greeted: int = 0) -> None:
         self.ctx = ctx
+        self.greeted = greeted       # bytes of the greeting the accept loop already sent
         self.release = release
         self.handed_off = False      # True once the splice hub owns the sockets
         self.listener = listener
@@ -116,11 +159,8 @@ class ClientSession:
 
     @property
     def secured(self) -> bool:
-        # Dovecot: TLS, or the client address equals the local address, or trusted.
-        # (Another 127.x address is NOT secured.)
         f = self.forwarded
-        return (self.tls_active or self.trusted
-                or f.originating_ip == f.connected_ip)
+        return _secured(self.tls_active, self.trusted, f.originating_ip, f.connected_ip)
 
     def vars(self, user: str | None = None, method: str | None = None, **extra: object) -> str:
         f = self.forwarded
@@ -146,7 +186,7 @@ class ClientSession:
                     self.stream = await start_tls_server(self.stream, self.ctx.server_tls)
                     self.tls_active = True
                 conn = self.new_server_connection()
-                await self.send(conn.data_to_send())
+                await self.send(conn.data_to_send()[self.greeted:])
                 ok = await self.login_dialogue(conn)
             if login_scope.cancelled_caught:
                 end_reason = "Disconnected: Inactivity"
@@ -179,19 +219,8 @@ class ClientSession:
         return f"no auth attempts in {secs} secs"
 
     def new_server_connection(self) -> Any:
-        cfg = self.ctx.config
-        return imap.ServerConnection(
-            greeting=cfg.login_greeting,
-            tls_available=self.ctx.server_tls is not None and self.listener.tls != "none",
-            tls_active=self.tls_active,
-            secured=self.secured,
-            disable_plaintext_auth=cfg.auth.disable_plaintext_auth,
-            mechanisms=cfg.auth.mechanisms,
-            capability_override=cfg.imap_capability or None,
-            max_line_length=cfg.limits.max_line_length,
-            max_literal_size=cfg.limits.max_literal_size,
-            hostname=self.ctx.hostname,
-        )
+        return server_connection(self.ctx, self.listener, tls_active=self.tls_active,
+                                 secured=self.secured)
 
     async def login_dialogue(self, conn: Any) -> backend_mod.BackendLoginOK | None:
         """Serve pre-login commands until a backend login succeeds or the client leaves."""
@@ -371,30 +400,34 @@ class ClientSession:
             ssl_mode=decision.ssl or "", starttls_mode=decision.starttls or "",
             source_ip=decision.source_ip or self.ctx.next_source_ip(),
             timeout=decision.proxy_timeout or cfg.proxy_timeout)
-        backend_forwarded = f.with_forward(decision.forward)
-        login = ev.BackendLogin(
-            destuser=decision.destuser,
-            password=decision.password,
-            master_user=decision.master or None,
-            mechanism=decision.proxy_mech or None,
-            starttls=bool(decision.starttls),
-            nopipelining=decision.nopipelining,
-            not_trusted=decision.not_trusted,
-            forwarded=backend_forwarded,
-            client_sent_capability=getattr(conn, "client_sent_capability", False),
-            token=creds.token,
-            ssl=bool(decision.ssl),
-        )
+
+        def backend_connection() -> imap.ClientConnection:
+            # Called once connect() is under way: building the login overlaps the TCP
+            # handshake and the backend's banner instead of delaying the connect.
+            forwarded = f.with_forward(decision.forward)
+            if cfg.imap_id_retain and self.retained_id:
+                forwarded = forwarded.with_retained_id(self.retained_id)
+            return imap.ClientConnection(ev.BackendLogin(
+                destuser=decision.destuser,
+                password=decision.password,
+                master_user=decision.master or None,
+                mechanism=decision.proxy_mech or None,
+                starttls=bool(decision.starttls),
+                nopipelining=decision.nopipelining,
+                not_trusted=decision.not_trusted,
+                forwarded=forwarded,
+                client_sent_capability=getattr(conn, "client_sent_capability", False),
+                token=creds.token,
+                ssl=bool(decision.ssl),
+            ))
+
         self.info.user = user
         self.info.backend = addresses[0]
         self.info.backend_port = decision.port
         self.info.user_fields = dict(decision.user_fields)
-        if cfg.imap_id_retain and self.retained_id:
-            login = replace(login, forwarded=backend_forwarded.with_retained_id(self.retained_id))
         started = trio.current_time()
         try:
-            ok = await backend_mod.login(target, lambda: imap.ClientConnection(login),
-                                         self.ctx.backend_tls,
+            ok = await backend_mod.login(target, backend_connection, self.ctx.backend_tls,
                                          max_reconnects=cfg.max_reconnects)
         except backend_mod.BackendLoginError as e:
             for line in e.relayed:

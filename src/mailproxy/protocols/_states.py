@@ -39,6 +39,10 @@ __all__ = [
 class ServerState(enum.Enum):
     """Client-facing (proxy as server) login states."""
 
+    # Members are singletons: identity hashing is exact, and cheaper than Enum's
+    # hash of the name, paid on every transition-table lookup.
+    __hash__ = object.__hash__
+
     NOT_AUTHENTICATED = "NOT_AUTHENTICATED"  # greeting sent, reading commands
     STARTTLS = "STARTTLS"                    # STARTTLS OK queued; waiting for tls_started()
     AUTHENTICATING = "AUTHENTICATING"        # SASL challenge sent; reading the response
@@ -50,6 +54,10 @@ class ServerState(enum.Enum):
 
 class ClientState(enum.Enum):
     """Backend-facing (proxy as client) login states: what the connection waits for."""
+
+    # Members are singletons: identity hashing is exact, and cheaper than Enum's
+    # hash of the name, paid on every transition-table lookup.
+    __hash__ = object.__hash__
 
     BANNER = "BANNER"                # connected, waiting for the greeting
     ID = "ID"                        # nopipelining: ID sent alone, waiting for its reply

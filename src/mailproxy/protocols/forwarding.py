@@ -18,6 +18,7 @@ that failure at once instead of sending anything).
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -324,7 +325,7 @@ def _packed_ip(ip: str) -> bytes:
     parts = ip.split(".")
     if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):
         try:
-            return bytes(int(p) for p in parts)
+            return bytes(map(int, parts))
         except ValueError:
             pass
     return ipaddress.ip_address(ip).packed
@@ -337,7 +338,7 @@ def new_session_id(ip: str, port: int, time_us: int) -> str:
     IPv6; no padding is ever needed."""
     raw = (time_us & 0xFFFF_FFFF_FFFF).to_bytes(6, "little") + (port & 0xFFFF).to_bytes(2, "little")
     raw += _packed_ip(ip) if ip else b"\0\0\0\0"
-    return base64.b64encode(raw).decode("ascii").rstrip("=")
+    return binascii.b2a_base64(raw, newline=False).decode("ascii").rstrip("=")
 
 
 _TAB_ESCAPES = {"\0": "\x010", "\x01": "\x011", "\t": "\x01t", "\r": "\x01r", "\n": "\x01n"}

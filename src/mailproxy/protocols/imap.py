@@ -985,7 +985,7 @@ class ClientConnection:
     __slots__ = (
         "login", "state", "capabilities", "_caps_raw", "_reader", "_out", "_pending",
         "_sasl_ir", "_logindisabled", "_capability_sent", "_sent", "_rcvd", "_sasl",
-        "_plus_to_skip", "_tls",
+        "_plus_to_skip", "_tls", "_id",
     )
 
     def __init__(self, login: BackendLogin, *, max_line_length: int = _MAX_BACKEND_LINE) -> None:
@@ -1006,6 +1006,11 @@ class ClientConnection:
         self._sasl: ClientExchange | None = None
         self._plus_to_skip = 0
         self._tls = login.ssl
+        # The ID arguments are built now, before the banner: a driver creates the
+        # connection while its connect is under way, so this is off the login's path.
+        f = login.forwarded
+        self._id = None if f is None or login.not_trusted or f.loop_detected \
+            else f.imap_id_arguments_literals()
         if login.forwarded is not None and login.forwarded.loop_detected:
             # login_proxy_new(): checked before connecting; nothing is ever sent.
             self._pending.append(self._fail(BackendFailure.REMOTE_CONFIG, TTL_LOOP_REASON))
@@ -1161,8 +1166,8 @@ class ClientConnection:
             upper = _upper_caps(self.capabilities or ())
             self._sasl_ir = "SASL-IR" in upper
             self._logindisabled = "LOGINDISABLED" in upper
-            if "ID" in upper and not login.not_trusted and login.forwarded is not None:
-                args, literals = login.forwarded.imap_id_arguments_literals()
+            if "ID" in upper and self._id is not None:
+                args, literals = self._id
                 self._out += b"I ID " + args + _CRLF
                 self._plus_to_skip += literals
                 self._sent |= _SENT_ID
