@@ -80,10 +80,10 @@ def _return_pipe(pipe: tuple[int, int]) -> None:
 # interleaved APPENDs of 20 MiB over loopback, each paired with one through haproxy),
 # three runs: spliced 0.93, 0.87 and 0.93 of haproxy's speed; copied 0.99, 0.99 and 0.95.
 # FETCH stays spliced: there splicing is the faster (2,180 MB/s against 1,760 copied).
-# In 16 KiB pieces (haproxy's buffer size) rather than 128 KiB: Dovecot keeps pace better
-# with smaller writes. 24 interleaved pairs of 10 APPENDs of 20 MiB on a 2-core AMD EPYC:
-# 16 KiB was the faster in 18 of them, by 1-5% in the medians of three runs.
-COPY_SIZE = 1 << 14
+# 128 KiB pieces: 16 KiB ones (haproxy's buffer size) won 18 of 24 interleaved pairs of
+# 10 APPENDs on a 2-core AMD EPYC by 1-5% in the medians, but cost 0.76 s of CPU per GB
+# relayed against 0.43 in a full bench run whose APPEND ratio was no better: not worth it.
+COPY_SIZE = 1 << 17
 MAX_POOLED_BUFFERS = 16
 _buffers: list[bytearray] = []
 
