@@ -264,6 +264,22 @@ def test_proxy_not_trusted_sends_no_id(backend: DovecotBackend) -> None:
     assert f"session=<{session}>" not in log
 
 
+def test_an_unsupported_proxy_mech_is_refused_before_connecting(
+        backend: DovecotBackend) -> None:
+    # Dovecot's proxy_start(): "Unsupported SASL mechanism", the client is told the
+    # account is unavailable, and nothing reaches the backend.
+    with MailProxy(static(route(backend, "nopassword=y proxy_mech=CRAM-MD5"))) as proxy:
+        imap = IMAP4From("127.0.0.1", proxy.port)
+        with pytest.raises(imaplib.IMAP4.error,
+                           match=r"\[UNAVAILABLE\] Account is temporarily unavailable"):
+            imap.login("alice", "alicepw")
+        imap.logout()
+        text = proxy.wait_for_log("Unsupported SASL mechanism CRAM-MD5")
+    assert "Traceback" not in text and "internal error" not in text
+    line = next(x for x in text.splitlines() if "Unsupported SASL" in x)
+    assert "imap-login: proxy(alice," in line and "ERROR" in line
+
+
 class RecordingBackend:
     """A minimal IMAP backend that records the address each connection came from."""
 

@@ -26,7 +26,7 @@ from ..passdb.base import AuthOutcome, LookupRequest
 from ..passdb.fields import RoutingError, routing_decision, with_resolved_host
 from ..protocols import _events as ev
 from ..protocols import imap
-from ..protocols._errors import RemoteProtocolError
+from ..protocols._errors import LocalProtocolError, RemoteProtocolError
 from ..protocols.forwarding import (TTL_LOOP_REASON, ForwardedFields, from_imap_id,
                                     new_session_id)
 from . import backend as backend_mod
@@ -400,14 +400,11 @@ class ClientSession:
             ssl_mode=decision.ssl or "", starttls_mode=decision.starttls or "",
             source_ip=decision.source_ip or self.ctx.next_source_ip(),
             timeout=decision.proxy_timeout or cfg.proxy_timeout)
-
-        def backend_connection() -> imap.ClientConnection:
-            # Called once connect() is under way: building the login overlaps the TCP
-            # handshake and the backend's banner instead of delaying the connect.
-            forwarded = f.with_forward(decision.forward)
-            if cfg.imap_id_retain and self.retained_id:
-                forwarded = forwarded.with_retained_id(self.retained_id)
-            return imap.ClientConnection(ev.BackendLogin(
+        forwarded = f.with_forward(decision.forward)
+        if cfg.imap_id_retain and self.retained_id:
+            forwarded = forwarded.with_retained_id(self.retained_id)
+        try:
+            login = ev.BackendLogin(
                 destuser=decision.destuser,
                 password=decision.password,
                 master_user=decision.master or None,
@@ -419,7 +416,20 @@ class ClientSession:
                 client_sent_capability=getattr(conn, "client_sent_capability", False),
                 token=creds.token,
                 ssl=bool(decision.ssl),
-            ))
+            )
+        except LocalProtocolError as e:
+            # A passdb value the backend login cannot carry (proxy_mech=CRAM-MD5, a
+            # destuser with a line break): Dovecot's proxy_start() refuses before it
+            # connects, with "Unsupported SASL mechanism ...".
+            log.error("%s: %s", prefix.format(ip=addresses[0]), e)
+            await self.send(conn.send(ev.AuthFailed(ev.FailureKind.UNAVAILABLE)))
+            return None
+
+        def backend_connection() -> imap.ClientConnection:
+            # Called once connect() is under way: the connection (and the ID command it
+            # prepares) is built during the TCP handshake and the backend's banner
+            # instead of before the connect.
+            return imap.ClientConnection(login)
 
         self.info.user = user
         self.info.backend = addresses[0]
