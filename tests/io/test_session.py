@@ -25,9 +25,10 @@ from mailproxy.protocols._secret import Secret
 from mailproxy.protocols.forwarding import ForwardedFields
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
+def write_config(tmp_path: Path, extra: str = "", *, top: str = "",
+                 auth: str = "disable_plaintext_auth = false\nfailure_delay = 0") -> Path:
     path = tmp_path / "proxy.toml"
-    path.write_text(f"""
+    path.write_text(f"""{top}
 [[listener]]
 protocol = "imap"
 bind = "127.0.0.1:10143"
@@ -36,8 +37,7 @@ tls = "none"
 driver = "static"
 args = "proxy=y host=127.0.0.1 port=1143 nopassword=y"
 [auth]
-disable_plaintext_auth = false
-failure_delay = 0
+{auth}
 {extra}
 """)
     return path
@@ -69,18 +69,9 @@ async def test_the_accept_loops_greeting_is_the_one_the_session_would_send(
     # Daemon.admit() sends opening_greeting() before the session exists, and the session
     # then skips that many bytes of its own greeting: they must be the same bytes, for
     # secured clients (same address as the listener, trusted network) and others.
-    path = tmp_path / "proxy.toml"
-    path.write_text("""
-trusted_networks = ["127.0.0.3/32"]
-[[listener]]
-protocol = "imap"
-bind = "127.0.0.1:10143"
-tls = "none"
-[[passdb]]
-driver = "static"
-args = "proxy=y host=127.0.0.1 port=1143 nopassword=y"
-""")
-    config = load_config(path)
+    # disable_plaintext_auth is left at its default (yes): the greetings differ
+    config = load_config(write_config(tmp_path, top='trusted_networks = ["127.0.0.3/32"]',
+                                      auth=""))
     ctx = await build_context(config)
     li = config.listeners[0]
     login_disabled = set()

@@ -425,19 +425,16 @@ class ClientSession:
             await self.send(conn.send(ev.AuthFailed(ev.FailureKind.UNAVAILABLE)))
             return None
 
-        def backend_connection() -> imap.ClientConnection:
-            # Called once connect() is under way: the connection (and the ID command it
-            # prepares) is built during the TCP handshake and the backend's banner
-            # instead of before the connect.
-            return imap.ClientConnection(login)
-
         self.info.user = user
         self.info.backend = addresses[0]
         self.info.backend_port = decision.port
         self.info.user_fields = dict(decision.user_fields)
         started = trio.current_time()
         try:
-            ok = await backend_mod.login(target, backend_connection, self.ctx.backend_tls,
+            # The connection (with the ID command it prepares) is made once connect() is
+            # under way, during the TCP handshake and the backend's banner.
+            ok = await backend_mod.login(target, lambda: imap.ClientConnection(login),
+                                         self.ctx.backend_tls,
                                          max_reconnects=cfg.max_reconnects)
         except backend_mod.BackendLoginError as e:
             for line in e.relayed:
