@@ -160,3 +160,31 @@ async def test_a_closed_session_is_freed_at_once_not_by_the_cycle_collector() ->
     finally:
         gc.enable()
         await server.aclose()
+
+
+
+def plain_pair() -> tuple[trio.SocketStream, socket.socket]:
+    """The proxy's side as a trio stream, the peer's as a non-blocking stdlib socket: a
+    recv() there says at once whether the bytes have arrived (BlockingIOError if not)."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), b
+
+
+async def test_a_command_sent_before_the_hand_off_is_moved_by_add_itself() -> None:
+    # No hub task runs here: what the client sent right after its login reply (before
+    # the hub took the sockets) reaches the server during add(), not a scheduler round
+    # later.
+    hub = SpliceHub()
+    proxy_client, client = plain_pair()
+    proxy_server, server = plain_pair()
+    client.send(b"b LOGOUT\r\n")
+    results: list[RelayResult] = []
+    hub.add(proxy_client, proxy_server, results.append)
+    assert server.recv(100) == b"b LOGOUT\r\n"
+    assert results == [] and len(hub) == 1
+    hub.close_all("test over")
+    assert results[0].closed_by == "proxy"
+    client.close()
+    server.close()
+

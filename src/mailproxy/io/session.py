@@ -224,7 +224,11 @@ class ClientSession:
 
     async def login_dialogue(self, conn: Any) -> backend_mod.BackendLoginOK | None:
         """Serve pre-login commands until a backend login succeeds or the client leaves."""
-        replied = True       # the greeting went out: the client speaks next
+        # The greeting went out, so the client speaks next: wait for it before reading.
+        # Unless the accept loop sent the greeting: the task's start took long enough
+        # that a nearby client's command is usually there already, and a read that
+        # succeeds at once saves a trip through the scheduler.
+        replied = not self.greeted
         while True:
             try:
                 event = conn.next_event()

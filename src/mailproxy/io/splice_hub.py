@@ -161,6 +161,11 @@ class SpliceHub:
             self._ends[end.fd] = end
             self._epoll.register(end.fd, _IN)
         self.sessions.add(session)
+        # The client has just been sent its login reply, and a nearby one (webmail, a
+        # load generator) has often sent its next command already: move it now instead
+        # of after the hub's next trip through the scheduler. Otherwise the read says
+        # EAGAIN and epoll reports the command when it comes.
+        self._ready(session.client, _IN)
         return session
 
     async def run(self) -> None:
