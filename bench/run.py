@@ -378,6 +378,39 @@ class Bench:
             time.sleep(0.2)
         log("  backend still holds sessions after 60 s; going on")
 
+    def backend_mail_processes(self) -> int:
+        """The backend's imap and pop3 processes (not the login ones)."""
+        b = self.backend
+        assert b is not None
+        count = 0
+        for pid in b.pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read().split(b"\0")[0]
+            except OSError:
+                continue
+            if title.endswith((b"/imap", b"/pop3")):
+                count += 1
+        return count
+
+    def wait_backend_settled(self, limit_s: float = 30) -> None:
+        """After the idle tests: wait until the backend is back to its warm state (its
+        mail processes at process_min_avail per service), so that every repetition's
+        login tests meet the same backend. The 9,000-session test leaves nine or more
+        imap processes, each with room for 1,000 sessions; until they go (idle_kill),
+        new logins are spread over them and every target's logins slowed by 10-25%
+        (measured: two identical trio-mailproxy daemons, 1,400-1,790 logins/s at c=50
+        with the extra processes, 1,930-2,070/s once they were gone)."""
+        self.wait_backend_drained()
+        want = 2 * self.cores                  # process_min_avail for imap and for pop3
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if self.backend_mail_processes() <= want:
+                return
+            time.sleep(0.5)
+        log(f"  backend still runs {self.backend_mail_processes()} mail processes "
+            f"(warm state: {want}) after {limit_s:.0f} s; going on")
+
     def test_idle(self, name: str, n: int) -> dict:
         """Fresh target, warmed; PSS at 0; hold n sessions; PSS at n; NOOP on all."""
         a = self.args
@@ -529,6 +562,7 @@ class Bench:
                 log(f"  idle {n_sessions}: " + "  ".join(
                     f"{n}={_brief('idle', results[n].get(f'idle_{n_sessions}'))}"
                     for n in order if f"idle_{n_sessions}" in results[n]))
+            self.wait_backend_settled()
             reps.append({"order": order, "results": results})
         return {"targets": names, "reps": reps}
 
