@@ -399,7 +399,7 @@ class Bench:
         login tests meet the same backend. The 9,000-session test leaves nine or more
         imap processes, each with room for 1,000 sessions; until they go (idle_kill),
         new logins are spread over them and every target's logins slowed by 10-25%
-        (measured: two identical trio-mailproxy daemons, 1,400-1,790 logins/s at c=50
+        (measured: two identical trio-mailproxy daemons, 1,310-1,790 logins/s at c=50
         with the extra processes, 1,930-2,070/s once they were gone)."""
         self.wait_backend_drained()
         want = 2 * self.cores                  # process_min_avail for imap and for pop3

@@ -330,8 +330,8 @@ class Dovecot(Server):
                 # thousands of idle sessions without thousands of processes. The extra
                 # processes an idle test starts (9,000 sessions: 9 or more) go 2 s after
                 # their last session, not Dovecot's default 60 s: left running, they made
-                # the next repetition's login tests 10-25% slower than the first's, for
-                # some targets more than others (see Bench.wait_backend_settled).
+                # the next repetition's login tests 10-25% slower than the first's (see
+                # Bench.wait_backend_settled).
                 "service imap {",
                 "  service_count = 0",
                 "  client_limit = 1000",

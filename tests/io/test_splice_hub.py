@@ -162,7 +162,6 @@ async def test_a_closed_session_is_freed_at_once_not_by_the_cycle_collector() ->
         await server.aclose()
 
 
-
 def plain_pair() -> tuple[trio.SocketStream, socket.socket]:
     """The proxy's side as a trio stream, the peer's as a non-blocking stdlib socket: a
     recv() there says at once whether the bytes have arrived (BlockingIOError if not)."""
@@ -187,4 +186,3 @@ async def test_a_command_sent_before_the_hand_off_is_moved_by_add_itself() -> No
     assert results[0].closed_by == "proxy"
     client.close()
     server.close()
-
