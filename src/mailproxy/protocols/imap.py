@@ -1011,7 +1011,7 @@ class ClientConnection:
         f = login.forwarded
         self._id = None if f is None or login.not_trusted or f.loop_detected \
             else f.imap_id_arguments_literals()
-        if login.forwarded is not None and login.forwarded.loop_detected:
+        if f is not None and f.loop_detected:
             # login_proxy_new(): checked before connecting; nothing is ever sent.
             self._pending.append(self._fail(BackendFailure.REMOTE_CONFIG, TTL_LOOP_REASON))
 
