@@ -9,6 +9,8 @@ set -euo pipefail
 
 need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# bench/compare.py --instructions counts instructions per login with callgrind.
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if ! { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }; then
     need+=(nginx-core)

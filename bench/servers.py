@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -654,9 +655,15 @@ def trio_mailproxy_argv() -> list[str] | None:
 class TrioMailproxy(Target):
     label = "trio-mailproxy"
 
-    def __init__(self, *a, workers: int = 1, **kw) -> None:
+    def __init__(self, *a, workers: int = 1, src: Path | None = None,
+                 prefix: list[str] | None = None, ready_timeout: float = 20, **kw) -> None:
         super().__init__(*a, **kw)
         self.workers = workers
+        # src: the code to run (default TRIO_SRC); prefix: a command the daemon runs
+        # under (bench/compare.py: valgrind), which makes its start slower
+        self.src = src
+        self.prefix = prefix or []
+        self.ready_timeout = ready_timeout
         self.processes_seen = 0
         # POP3 joins by itself once the daemon accepts a pop3 listener (checked with
         # `trio-mailproxy check` at each start); until then the reason is kept here
@@ -704,7 +711,7 @@ max_connections_per_ip = 20000
         self.dir = make_tmpdir("bench-trio-")
         self.imap_port = free_port(self.host)
         env = dict(os.environ)
-        src = str(TRIO_SRC)
+        src = str(self.src or TRIO_SRC)
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         cfg_path = self.dir / "mailproxy.toml"
@@ -722,11 +729,15 @@ max_connections_per_ip = 20000
             self.pop3_note = re.sub(r"^\S+:\d+: ", "", note)  # drop the temp file's name
             self.pop3_port = None
             cfg_path.write_text(self._config(None))
+        if self.prefix:
+            # the interpreter itself, not a console script or pyenv's shim (valgrind
+            # would follow that instead of Python)
+            argv = [*self.prefix, os.path.realpath(sys.executable), "-m", "mailproxy.cli"]
         self._spawn([*argv, "run", "-c", str(cfg_path)], "mailproxy.log", env=env)
         greetings = [(self.imap_port, b"* OK")]
         if self.pop3_port is not None:
             greetings.append((self.pop3_port, b"+OK"))
-        self.wait_ready("trio-mailproxy", greetings, 20, "mailproxy.log")
+        self.wait_ready("trio-mailproxy", greetings, self.ready_timeout, "mailproxy.log")
         # workers start asynchronously: give them a moment, then count processes
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:

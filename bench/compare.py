@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Compare versions of trio-mailproxy's login path on this machine, in one run.
+
+    python3 bench/compare.py HEAD~1 HEAD                  # interleaved IMAP logins
+    python3 bench/compare.py --dovecot main ../my-branch  # with Dovecot's proxy beside them
+    python3 bench/compare.py --instructions 300 HEAD~1 HEAD   # callgrind count per login
+
+A VERSION is a revision of this repository (its src/ is exported with git archive) or a
+directory holding src/mailproxy (another checkout, a copy).
+
+Why not the full bench: a change to the login path moves its figures by a few percent,
+while on a shared 2-core machine the full bench's ratios move by ±10% from one repetition
+to the next, and by more between machines (bench/README.md). Two ways to see a few
+percent:
+
+- logins (default): every version runs at once, each on its own loopback address, against
+  the same Dovecot backend; each repetition runs the login tests (IMAP LOGIN + LOGOUT at
+  each --concurrency) on direct and on every version in turn, order rotated, and reports
+  each version's logins/s as a ratio to direct in that same repetition, with its CPU per
+  login. Medians over repetitions, min-max in brackets.
+- --instructions N: the user-space instructions one login costs, counted by valgrind's
+  callgrind (one worker, one client, N logins after a warm-up). The count does not depend
+  on the machine or its load and repeats within about 0.4%; kernel work is not in it.
+
+Every process it starts is stopped at the end, as in run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import run
+import servers
+
+VERSION_HOSTS = "127.0.8.{}"     # one loopback address per version (1, 2, ...)
+
+
+def export(version: str, into: Path) -> Path:
+    """The src/ directory to run for ``version`` (exported into ``into`` for a revision)."""
+    path = Path(version)
+    for candidate in (path / "src", path):
+        if (candidate / "mailproxy" / "__init__.py").is_file():
+            return candidate.resolve()
+    rev = subprocess.run(["git", "-C", str(run.REPO_ROOT), "rev-parse", "--verify", "--quiet",
+                          version + "^{commit}"], capture_output=True, text=True)
+    if rev.returncode != 0:
+        raise SystemExit(f"compare: {version!r} is neither a revision of this repository "
+                         "nor a directory holding src/mailproxy")
+    commit = rev.stdout.strip()
+    dest = into / commit[:12]
+    if not dest.exists():
+        dest.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(run.REPO_ROOT), "archive", commit, "src"],
+                                 capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src"
+
+
+def labelled(versions: list[str], into: Path) -> list[tuple[str, Path]]:
+    out = []
+    for i, version in enumerate(versions):
+        label = version if versions.count(version) == 1 else f"{version}#{i + 1}"
+        out.append((label, export(version, into)))
+    return out
+
+
+def start_backend(bench: run.Bench) -> servers.Dovecot:
+    backend = servers.Dovecot(name="backend", host="127.0.0.1", cores=bench.cores).start()
+    bench.backend = backend
+    run.log(f"backend: Dovecot on 127.0.0.1 imap {backend.imap_port}")
+    bench.warm_backend()
+    return backend
+
+
+def _summary(values: list[float], fmt: str, unit: str = "") -> str:
+    if not values:
+        return "n/a"
+    return (f"{fmt.format(statistics.median(values))} "
+            f"({fmt.format(min(values))}–{fmt.format(max(values))}){unit}")
+
+
+def compare_logins(a: argparse.Namespace, bench: run.Bench,
+                   versions: list[tuple[str, Path]]) -> str:
+    backend = start_backend(bench)
+    targets: dict[str, servers.Target] = {
+        "direct": servers.Direct("direct", backend.host, backend, bench.cores).start()}
+    if a.dovecot:
+        targets["dovecot"] = servers.DovecotProxy(
+            "dovecot", run.TARGET_HOSTS["dovecot"], backend, bench.cores).start()
+    for i, (label, src) in enumerate(versions):
+        targets[label] = servers.TrioMailproxy(
+            label, VERSION_HOSTS.format(i + 1), backend, bench.cores,
+            workers=a.workers or bench.cores, src=src).start()
+    names = list(targets)
+    ratios: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    for r in range(a.reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for conc in a.concurrency:
+            row = {name: bench.test_login(targets[name], "imap", conc) for name in order}
+            direct = row["direct"]["logins_per_s"]
+            for name in names[1:]:
+                ratios.setdefault((name, conc), []).append(row[name]["logins_per_s"] / direct)
+                if row[name].get("target_cpu_us_per_login"):
+                    cpu.setdefault((name, conc), []).append(
+                        row[name]["target_cpu_us_per_login"])
+            run.log(f"repetition {r + 1}/{a.reps} c={conc}: direct {direct:.0f}/s  " + "  ".join(
+                f"{name} {row[name]['logins_per_s'] / direct:.3f}" for name in names[1:]))
+    lines = ["| version | " + " | ".join(
+        f"logins/s c={c} (ratio to direct) | CPU per login c={c}" for c in a.concurrency)
+        + " |", "|---|" + "---|---|" * len(a.concurrency)]
+    for name in names[1:]:
+        cells = []
+        for conc in a.concurrency:
+            cells.append(_summary(ratios.get((name, conc), []), "{:.3f}"))
+            cells.append(_summary(cpu.get((name, conc), []), "{:.0f}", " µs"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return (f"IMAP logins, {a.reps} interleaved repetition(s) of {a.duration:g} s: median "
+            "(min–max) over repetitions\n\n" + "\n".join(lines))
+
+
+def count_instructions(a: argparse.Namespace, bench: run.Bench,
+                       versions: list[tuple[str, Path]]) -> str:
+    valgrind, control = servers.which("valgrind"), servers.which("callgrind_control")
+    if valgrind is None or control is None:
+        raise SystemExit("compare: --instructions needs valgrind (bash bench/install.sh)")
+    backend = start_backend(bench)
+    lines = ["| version | instructions per login |", "|---|---|"]
+    for i, (label, src) in enumerate(versions):
+        out = Path(tempfile.mkdtemp(prefix="bench-callgrind-", dir="/tmp"))
+        t = servers.TrioMailproxy(
+            label, VERSION_HOSTS.format(i + 1), backend, bench.cores, workers=1, src=src,
+            prefix=[valgrind, "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p"],
+            ready_timeout=300)
+        try:
+            t.start()
+            assert t.proc is not None
+            pid = str(t.proc.pid)
+            # warm-up: caches, imports on first use, the backend's processes
+            bench.loadgen_run(t, "imap-login", "-c", "1", "-N", "50", "-d", "600", "-w", "0",
+                              "-t", "60", timeout=900)
+            subprocess.run([control, "-z", pid], capture_output=True, check=True, timeout=60)
+            res = bench.loadgen_run(t, "imap-login", "-c", "1", "-N", str(a.instructions),
+                                    "-d", "3600", "-w", "0", "-t", "60", timeout=3700)
+            subprocess.run([control, "-d", pid], capture_output=True, check=True, timeout=60)
+            dump = out / f"cg.{pid}.1"
+            deadline = time.monotonic() + 30
+            while not dump.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            total = next(int(line.split()[1]) for line in dump.read_text().splitlines()
+                         if line.startswith("summary:"))
+            logins = res["logins_total"]
+            if logins != a.instructions or res["errors"]:
+                raise SystemExit(f"compare: {label}: {logins} of {a.instructions} logins, "
+                                 f"{res['errors']} errors ({res['last_error']})")
+            per_login = total / logins
+            run.log(f"{label}: {total} instructions in {logins} logins")
+            lines.append(f"| {label} | {per_login / 1000:,.0f} k |")
+        finally:
+            t.stop()
+            shutil.rmtree(out, ignore_errors=True)
+    return (f"User-space instructions per IMAP login (callgrind; one worker, one client, "
+            f"{a.instructions} logins after 50)\n\n" + "\n".join(lines))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("versions", nargs="+", metavar="VERSION",
+                   help="a revision of this repository, or a directory holding src/mailproxy")
+    p.add_argument("--instructions", type=int, metavar="N",
+                   help="count instructions per login over N logins instead (callgrind)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per test (default 3)")
+    p.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per test")
+    p.add_argument("--concurrency", default="1,50", help="clients, comma-separated (1,50)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="trio-mailproxy's workers (default: the number of cores)")
+    p.add_argument("--dovecot", action="store_true", help="Dovecot's proxy beside them")
+    a = p.parse_args(argv)
+    a.concurrency = [int(c) for c in a.concurrency.split(",") if c.strip()]
+    if a.instructions is not None and a.instructions < 1:
+        p.error("--instructions needs at least one login")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    build_dir = Path("/tmp") / f"bench-build-{os.getuid()}"
+    loadgen, authhttp = run.build_c(build_dir)
+    bench = run.Bench(run.parse_args(["--no-install", "--duration", str(a.duration),
+                                      "--warmup", str(a.warmup)]), loadgen, authhttp)
+    exported = Path(tempfile.mkdtemp(prefix="bench-compare-", dir="/tmp"))
+
+    def on_signal(signum, frame):  # SIGTERM unwinds through finally, as in run.py
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        versions = labelled(a.versions, exported)
+        if a.instructions is not None:
+            text = count_instructions(a, bench, versions)
+        else:
+            text = compare_logins(a, bench, versions)
+    finally:
+        servers.stop_all()
+        signal.signal(signal.SIGTERM, old_term)
+        shutil.rmtree(exported, ignore_errors=True)
+    print()
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("compare: interrupted; every process it started has been stopped",
+              file=sys.stderr)
+        sys.exit(130)

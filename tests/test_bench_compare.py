@@ -1,0 +1,103 @@
+"""bench/compare.py must not rot: both of its modes run end to end on two versions.
+
+Compares the committed HEAD (exported with git archive) with the working tree (a
+directory), with the shortest settings. No figure is asserted beyond what shows that
+every version really ran: a ratio row per version, an instruction count in the range a
+login can cost, and nothing the tool started left running.
+
+Missing binaries are installed first by bench/install.sh (when root); a skip names the
+binary only when it is not installable here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+NEEDED = ("gcc", "dovecot", "valgrind", "callgrind_control")
+
+
+def _which(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        if os.access(os.path.join(d, name), os.X_OK):
+            return os.path.join(d, name)
+    return None
+
+
+def _bench_processes() -> set[str]:
+    """Command lines of live processes of a bench server (their /tmp/bench-* dirs)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "/tmp/bench-" in cmd and "pytest" not in cmd:
+            found.add(f"{entry}: {cmd.strip()}")
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed() -> None:
+    if any(_which(b) is None for b in NEEDED) and os.geteuid() == 0:
+        subprocess.run(["bash", str(BENCH / "install.sh")], timeout=900,
+                       stdout=subprocess.DEVNULL)
+    missing = [b for b in NEEDED if _which(b) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed and not installable here "
+                    "(run bash bench/install.sh as root)")
+
+
+def _compare(*args: str, timeout: float) -> str:
+    before = _bench_processes()
+    r = subprocess.run([sys.executable, str(BENCH / "compare.py"), *args, "HEAD", str(REPO)],
+                       capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    assert r.returncode == 0, f"compare.py failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    left = _bench_processes() - before
+    assert not left, f"compare.py left processes running: {left}"
+    return r.stdout
+
+
+def _rows(out: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) > 1 and not cells[0] == "version":
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_logins_compares_a_revision_and_a_directory_side_by_side() -> None:
+    out = _compare("--reps", "1", "--duration", "0.3", "--warmup", "0.1",
+                   "--concurrency", "1", timeout=600)
+    rows = _rows(out)
+    assert set(rows) == {"HEAD", str(REPO)}, out
+    for name, (ratio, cpu) in rows.items():
+        # "0.541 (0.541–0.541)": a login through the proxy is slower than direct, but not
+        # ten times slower
+        assert 0.1 < float(ratio.split()[0]) < 1.5, (name, ratio)
+        assert re.fullmatch(r"\d+ \(\d+–\d+\) µs", cpu), (name, cpu)
+
+
+def test_instructions_counts_a_login_under_callgrind() -> None:
+    out = _compare("--instructions", "5", timeout=900)
+    rows = _rows(out)
+    assert set(rows) == {"HEAD", str(REPO)}, out
+    for name, (count,) in rows.items():
+        # a login costs about 1,400 k instructions; 200 k would be less than the loop
+        # floor (bench/README.md), 20,000 k a daemon that did far more than log in
+        k = int(count.removesuffix(" k").replace(",", ""))
+        assert 200 < k < 20_000, (name, count)
