@@ -2,9 +2,9 @@
 
 Compares the committed HEAD (exported with git archive) with the working tree (a
 directory), with the shortest settings; without git history, a copy of src/ takes HEAD's
-place. No figure is asserted beyond what shows that
-every version really ran: a ratio row per version, an instruction count in the range a
-login can cost, and nothing the tool started left running.
+place. No figure is asserted beyond what shows that every version really ran: a ratio row
+per version, an instruction count in the range a login can cost, and nothing the tool
+started left running.
 
 Missing binaries are installed first by bench/install.sh (when root); a skip names the
 binary only when it is not installable here.
@@ -21,42 +21,23 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.bench import processes_with, which
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 NEEDED = ("gcc", "dovecot", "valgrind", "callgrind_control")
 
 
-def _which(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
-        if os.access(os.path.join(d, name), os.X_OK):
-            return os.path.join(d, name)
-    return None
-
-
 def _bench_processes() -> set[str]:
-    """Command lines of live processes of a bench server (their /tmp/bench-* dirs)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "/tmp/bench-" in cmd and "pytest" not in cmd:
-            found.add(f"{entry}: {cmd.strip()}")
-    return found
+    return {p for p in processes_with("/tmp/bench-") if "pytest" not in p}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def installed() -> None:
-    if any(_which(b) is None for b in NEEDED) and os.geteuid() == 0:
+    if any(which(b) is None for b in NEEDED) and os.geteuid() == 0:
         subprocess.run(["bash", str(BENCH / "install.sh")], timeout=900,
                        stdout=subprocess.DEVNULL)
-    missing = [b for b in NEEDED if _which(b) is None]
+    missing = [b for b in NEEDED if which(b) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed and not installable here "
                     "(run bash bench/install.sh as root)")

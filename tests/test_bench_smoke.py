@@ -14,45 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.bench import processes_with, which
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 IDLE_N = 20
 
 
-def _which(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
-        if os.access(os.path.join(d, name), os.X_OK):
-            return os.path.join(d, name)
-    return None
-
-
 def _missing() -> list[str]:
-    return [b for b in ("gcc", "dovecot", "haproxy", "nginx") if _which(b) is None]
-
-
-def _session_processes_with(marker: str) -> list[str]:
-    """Command lines of live processes mentioning ``marker`` (a temp-dir prefix)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmd:
-            found.append(f"{entry}: {cmd.strip()}")
-    return found
+    return [b for b in ("gcc", "dovecot", "haproxy", "nginx") if which(b) is None]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +41,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
         pytest.skip(f"{', '.join(missing)} not installed and not installable here "
                     "(run bash bench/install.sh as root)")
     out = tmp_path_factory.mktemp("bench-smoke")
-    before = set(_session_processes_with("/tmp/bench-"))
+    before = set(processes_with("/tmp/bench-"))
     r = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--smoke", "--no-install",
          "--targets", "direct,haproxy,dovecot,nginx,trio,floor,loopfloor",
@@ -83,7 +59,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _required_targets() -> list[str]:
     req = ["direct", "haproxy", "trio", "floor", "loopfloor"]
-    if _which("nginx") and os.path.exists("/usr/lib/nginx/modules/ngx_mail_module.so"):
+    if which("nginx") and os.path.exists("/usr/lib/nginx/modules/ngx_mail_module.so"):
         req.append("nginx")
     req.append("dovecot")
     return req
@@ -125,6 +101,6 @@ def test_report_written(smoke: dict) -> None:
 
 def test_nothing_left_running(smoke: dict) -> None:
     # every server of the bench lives in a /tmp/bench-<name>-XXXX directory
-    left = [p for p in _session_processes_with("/tmp/bench-")
+    left = [p for p in processes_with("/tmp/bench-")
             if p not in smoke["before"] and "pytest" not in p]
     assert not left, f"bench left processes running: {left}"
