@@ -73,14 +73,6 @@ def labelled(versions: list[str], into: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def start_backend(bench: run.Bench) -> servers.Dovecot:
-    backend = servers.Dovecot(name="backend", host="127.0.0.1", cores=bench.cores).start()
-    bench.backend = backend
-    run.log(f"backend: Dovecot on 127.0.0.1 imap {backend.imap_port}")
-    bench.warm_backend()
-    return backend
-
-
 def _summary(values: list[float], fmt: str, unit: str = "") -> str:
     if not values:
         return "n/a"
@@ -90,7 +82,7 @@ def _summary(values: list[float], fmt: str, unit: str = "") -> str:
 
 def compare_logins(a: argparse.Namespace, bench: run.Bench,
                    versions: list[tuple[str, Path]]) -> str:
-    backend = start_backend(bench)
+    backend = bench.start_backend()
     targets: dict[str, servers.Target] = {
         "direct": servers.Direct("direct", backend.host, backend, bench.cores).start()}
     if a.dovecot:
@@ -133,7 +125,7 @@ def count_instructions(a: argparse.Namespace, bench: run.Bench,
     valgrind, control = servers.which("valgrind"), servers.which("callgrind_control")
     if valgrind is None or control is None:
         raise SystemExit("compare: --instructions needs valgrind (bash bench/install.sh)")
-    backend = start_backend(bench)
+    backend = bench.start_backend()
     lines = ["| version | instructions per login |", "|---|---|"]
     for i, (label, src) in enumerate(versions):
         out = Path(tempfile.mkdtemp(prefix="bench-callgrind-", dir="/tmp"))

@@ -492,14 +492,19 @@ class Bench:
         self.loadgen_run(d, "fetch", "-U", FETCH_USER, "-k", "2", timeout=120)
         self.loadgen_run(d, "append", "-U", APPEND_USER, "-k", "1", timeout=120)
 
-    # -- main loop
-    def run(self) -> dict:
-        a = self.args
+    def start_backend(self) -> servers.Dovecot:
+        """The Dovecot backend every target proxies to, started and warmed."""
         self.backend = servers.Dovecot(name="backend", host="127.0.0.1", cores=self.cores)
         self.backend.start()
         log(f"backend: Dovecot on 127.0.0.1 imap {self.backend.imap_port} "
             f"pop3 {self.backend.pop3_port}")
         self.warm_backend()
+        return self.backend
+
+    # -- main loop
+    def run(self) -> dict:
+        a = self.args
+        self.start_backend()
 
         names: list[str] = []
         for name in a.targets:
