@@ -172,16 +172,23 @@ def run_forked(doc: str, worker) -> None:
         p.add_argument(name, required=True)
     p.add_argument("--workers", type=int, default=1)
     a = p.parse_args()
-    if a.workers <= 1:
-        worker(a)
+    fork_workers(a.workers, lambda cpu: worker(a, cpu))
+
+
+def fork_workers(workers: int, worker) -> None:
+    """Run ``worker(cpu)`` in this process (cpu None), or in ``workers`` forked processes
+    (worker i prefers connections arriving on CPU i) until they all end; SIGTERM to this
+    process is passed on to them."""
+    if workers <= 1:
+        worker(None)
         return
     children = []
     cpus = sorted(os.sched_getaffinity(0))
-    for index in range(a.workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            worker(a, cpus[index % len(cpus)])
+            worker(cpus[index % len(cpus)])
             os._exit(0)
         children.append(pid)
     signal.signal(signal.SIGTERM, lambda *_: [os.kill(c, signal.SIGTERM) for c in children])

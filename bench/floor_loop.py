@@ -60,8 +60,10 @@ class Relay:
     """Both directions of a logged-in session. Bytes a full socket buffer refused wait
     for it, and its peer is not read meanwhile (so nothing piles up in here)."""
 
-    def __init__(self, loop: Loop, c: socket.socket, b: socket.socket) -> None:
+    def __init__(self, loop: Loop, c: socket.socket, b: socket.socket,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.loop = loop
+        self.on_close = on_close            # bench/floor_library.py logs the session's end
         self.peer = {c: b, b: c}
         self.out = {c: b"", b: b""}         # unsent bytes, by destination
         for s in (c, b):
@@ -75,17 +77,22 @@ class Relay:
             if events & ~OUT:
                 data = s.recv(65536)
                 if not data:
-                    self.loop.close(s, peer)
+                    self.close(s, peer)
                     return
                 self.out[peer] = self._send(peer, data)
         except BlockingIOError:
             pass
         except OSError:
-            self.loop.close(s, peer)
+            self.close(s, peer)
             return
         for x in (s, peer):   # read x unless its peer is full; write x while bytes wait
             events = (0 if self.out[self.peer[x]] else IN) | (OUT if self.out[x] else 0)
             self.loop.watch(x, events, lambda events, x=x: self.ready(x, events))
+
+    def close(self, s: socket.socket, peer: socket.socket) -> None:
+        self.loop.close(s, peer)
+        if self.on_close is not None:
+            self.on_close()
 
     @staticmethod
     def _send(dst: socket.socket, data: bytes) -> bytes:
@@ -93,6 +100,16 @@ class Relay:
             return data[dst.send(data):]
         except BlockingIOError:
             return data
+
+
+def receive(sock: socket.socket) -> bytes | None:
+    """What a readable socket holds: b"" at its end (or on an error), None if nothing yet."""
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 class Lines:
@@ -105,12 +122,9 @@ class Lines:
         loop.watch(sock, IN, self.readable)
 
     def readable(self, events: int) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
+        data = receive(self.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.on_end()
             return

@@ -49,9 +49,11 @@ from servers import (  # noqa: E402
 REPO_ROOT = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-ALL_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio", "floor", "loopfloor"]
-# "floor" (bench/floor.py, the least a Trio login proxy can do) and "loopfloor" (the same
-# on an epoll loop with callbacks, no Trio) are yardsticks for reading trio-mailproxy's
+ALL_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio", "floor", "loopfloor",
+               "libloop"]
+# "floor" (bench/floor.py, the least a Trio login proxy can do), "loopfloor" (the same
+# on an epoll loop with callbacks, no Trio) and "libloop" (bench/floor_library.py: the
+# daemon's own login work on that loop) are yardsticks for reading trio-mailproxy's
 # figures, run only when asked for.
 DEFAULT_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio"]
 TARGET_HOSTS = {  # distinct loopback addresses make each target's sockets easy to tell apart
@@ -61,6 +63,7 @@ TARGET_HOSTS = {  # distinct loopback addresses make each target's sockets easy 
     "trio": "127.0.5.1",
     "floor": "127.0.6.1",
     "loopfloor": "127.0.7.1",
+    "libloop": "127.0.9.1",    # 127.0.8.x: bench/compare.py's versions
 }
 
 
@@ -254,6 +257,9 @@ class Bench:
             cls = servers.TrioFloor if name == "floor" else servers.LoopFloor
             t = cls(name, TARGET_HOSTS[name], b, self.cores,
                     workers=self.args.trio_workers or self.cores)
+        elif name == "libloop":
+            t = servers.LibraryLoop(name, TARGET_HOSTS[name], b, self.cores,
+                                    workers=self.args.trio_workers or self.cores)
         else:
             raise ValueError(name)
         return t
@@ -576,7 +582,8 @@ def servers_label(name: str) -> str:
     return {"direct": "direct", "haproxy": "haproxy (TCP)", "dovecot": "dovecot proxy",
             "nginx": "nginx mail", "trio": "trio-mailproxy",
             "floor": "trio floor (bench/floor.py)",
-            "loopfloor": "loop floor (bench/floor_loop.py)"}.get(name, name)
+            "loopfloor": "loop floor (bench/floor_loop.py)",
+            "libloop": "library loop (bench/floor_library.py)"}.get(name, name)
 
 
 def _brief(key: str, res: dict | None) -> str:
@@ -841,6 +848,15 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
             "epoll loop with a callback per socket instead of a Trio task per session: "
             "trio floor minus loop floor = what Trio's tasks cost a login; loop floor "
             "minus nginx = what CPython itself costs.")
+    if "libloop" in avail:
+        notes.append(
+            "library loop: bench/floor_library.py, the loop floor's epoll loop driving the "
+            "daemon's own login work for the same config (its client- and backend-facing "
+            "IMAP state machines, forwarded fields and ID, passdb chain, routing decision, "
+            "connection counters, login deadline, both log lines), IMAP only: what a login "
+            "would cost if the plaintext login phase were callbacks instead of a Trio task "
+            "per session. Leaves out TLS, DNS, delays and reconnects, which would stay in "
+            "tasks, and splice (it relays as the loop floor does).")
     return notes
 
 
@@ -881,8 +897,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help=f"comma-separated subset of {','.join(ALL_TARGETS)} (direct is always "
                         "run; floor = bench/floor.py, the least a Trio login proxy can do, and "
-                        "loopfloor = bench/floor_loop.py, the same without Trio, only when "
-                        "named)")
+                        "loopfloor = bench/floor_loop.py, the same without Trio, and libloop = "
+                        "bench/floor_library.py, the daemon's login work on that loop, only "
+                        "when named)")
     p.add_argument("--reps", type=int, help="repetitions (full: 5)")
     p.add_argument("--duration", type=float, help="seconds per login test (full: 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per login test (full: 0.5)")

@@ -640,6 +640,32 @@ class LoopFloor(TrioFloor):
     script = "floor_loop.py"
 
 
+
+class LibraryLoop(TrioFloor):
+    """bench/floor_library.py: the daemon's own login work (its config, sans-io protocol
+    objects, passdb chain, log lines) driven by floor_loop's epoll callbacks. IMAP only."""
+
+    label = "library loop"
+    script = "floor_library.py"
+    has_pop3 = False
+
+    def start(self) -> "LibraryLoop":
+        import sys
+        self.dir = make_tmpdir("bench-libloop-")
+        self.imap_port = free_port(self.host)
+        cfg = TrioMailproxy(self.name, self.host, self.backend, self.cores,
+                            workers=self.workers)
+        cfg.dir, cfg.imap_port = self.dir, self.imap_port
+        cfg_path = self.dir / "mailproxy.toml"
+        cfg_path.write_text(cfg._config(None))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(TRIO_SRC) + (os.pathsep + env["PYTHONPATH"]
+                                             if env.get("PYTHONPATH") else "")
+        self._spawn([sys.executable, str(BENCH_DIR / self.script), "--config", str(cfg_path)],
+                    "floor.log", env=env)
+        self.wait_ready(self.label, [(self.imap_port, b"* OK")], 20, "floor.log")
+        return self
+
 def trio_mailproxy_argv() -> list[str] | None:
     """How to run our daemon: the console script, else the module from the source tree."""
     script = shutil.which("trio-mailproxy")

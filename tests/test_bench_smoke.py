@@ -44,7 +44,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = set(processes_with("/tmp/bench-"))
     r = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--smoke", "--no-install",
-         "--targets", "direct,haproxy,dovecot,nginx,trio,floor,loopfloor",
+         "--targets", "direct,haproxy,dovecot,nginx,trio,floor,loopfloor,libloop",
          "--idle", str(IDLE_N), "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=str(REPO),
     )
@@ -58,7 +58,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _required_targets() -> list[str]:
-    req = ["direct", "haproxy", "trio", "floor", "loopfloor"]
+    req = ["direct", "haproxy", "trio", "floor", "loopfloor", "libloop"]
     if which("nginx") and os.path.exists("/usr/lib/nginx/modules/ngx_mail_module.so"):
         req.append("nginx")
     req.append("dovecot")
