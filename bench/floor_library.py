@@ -134,6 +134,8 @@ class LibrarySession:
         rest = self.conn.data_to_send()[greeted:]
         if rest:
             c.send(rest)
+        # The login deadline. Entries are not removed at login (a heap deletes lazily):
+        # expired() ignores a session that reached the relay.
         heapq.heappush(w.deadlines, (self.started + limits.login_timeout, next(w.counter), self))
         w.loop.watch(c, IN, self.client_readable)
 
