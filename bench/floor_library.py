@@ -54,6 +54,15 @@ from mailproxy.io.session import (FRESH_TTL, SessionInfo, _ip_in, _plain_ip, _se
                                   opening_greeting, server_connection)
 
 
+def step(conn: Any, sock: socket.socket) -> Any:
+    """One event from a sans-io connection, after sending what it queued."""
+    event = conn.next_event()
+    out = conn.data_to_send()
+    if out:
+        sock.send(out)
+    return event
+
+
 class Worker:
     """One process: the epoll loop, a deadline heap, the daemon's context pieces."""
 
@@ -181,14 +190,11 @@ class LibrarySession:
         conn = self.conn
         while True:
             try:
-                event = conn.next_event()
+                event = step(conn, self.c)
             except RemoteProtocolError as e:
                 self.c.send(conn.data_to_send() + e.reply)
                 self.end()
                 return
-            out = conn.data_to_send()
-            if out:
-                self.c.send(out)
             if event is ev.NEED_DATA:
                 return
             if isinstance(event, ev.ClientIdentified):
@@ -269,10 +275,7 @@ class LibrarySession:
         bconn = self.bconn
         bconn.receive_data(data)
         while True:
-            event = bconn.next_event()
-            out = bconn.data_to_send()
-            if out:
-                self.b.send(out)
+            event = step(bconn, self.b)
             if event is ev.NEED_DATA:
                 return
             if isinstance(event, ev.UntaggedRelay):
