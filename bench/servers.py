@@ -655,13 +655,20 @@ class LibraryLoop(TrioFloor):
         cfg_path = self.dir / "mailproxy.toml"
         cfg_path.write_text(daemon_config(self.backend, self.host, self.imap_port, None,
                                           self.workers, self.dir))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(TRIO_SRC) + (os.pathsep + env["PYTHONPATH"]
-                                             if env.get("PYTHONPATH") else "")
         self._spawn([sys.executable, str(BENCH_DIR / self.script), "--config", str(cfg_path)],
-                    "floor.log", env=env)
+                    "floor.log", env=env_importing(TRIO_SRC))
         self.wait_ready(self.label, [(self.imap_port, b"* OK")], 20, "floor.log")
         return self
+
+
+def env_importing(src: Path) -> dict[str, str]:
+    """This process's environment, with `src` first on PYTHONPATH: a child started with it
+    imports trio-mailproxy's code from there."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"]
+                                    if env.get("PYTHONPATH") else "")
+    return env
+
 
 def daemon_config(b: "Dovecot", host: str, imap_port: int | None, pop3_port: int | None,
                   workers: int, directory: Path) -> str:
@@ -739,9 +746,7 @@ class TrioMailproxy(Target):
             raise ServerError("trio-mailproxy not installed (pip install -e .)")
         self.dir = make_tmpdir("bench-trio-")
         self.imap_port = free_port(self.host)
-        env = dict(os.environ)
-        src = str(self.src or TRIO_SRC)
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = env_importing(self.src or TRIO_SRC)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         cfg_path = self.dir / "mailproxy.toml"
         self.pop3_port = free_port(self.host)
