@@ -49,8 +49,11 @@ from servers import (  # noqa: E402
 REPO_ROOT = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-ALL_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio", "floor", "loopfloor",
-               "libloop"]
+ALL_TARGETS = ["direct", "haproxy", "dovecot", "nginx", "trio", "compiled", "floor",
+               "loopfloor", "libloop"]
+# "compiled": trio-mailproxy's opt-in compiled build (setup.py, MAILPROXY_COMPILE=1) of the
+# same code, built at the start of the run, run only when asked for.
+DAEMON_TARGETS = ("trio", "compiled")
 # "floor" (bench/floor.py, the least a Trio login proxy can do), "loopfloor" (the same
 # on an epoll loop with callbacks, no Trio) and "libloop" (bench/floor_library.py: the
 # daemon's own login work on that loop) are yardsticks for reading trio-mailproxy's
@@ -64,6 +67,7 @@ TARGET_HOSTS = {  # distinct loopback addresses make each target's sockets easy 
     "floor": "127.0.6.1",
     "loopfloor": "127.0.7.1",
     "libloop": "127.0.9.1",    # 127.0.8.x: bench/compare.py's versions
+    "compiled": "127.0.10.1",
 }
 
 
@@ -93,6 +97,19 @@ def ensure_trio_mailproxy(no_install: bool) -> None:
     log("trio-mailproxy not installed: pip install -e .")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(REPO_ROOT)],
                    timeout=900)
+
+
+def compiled_build(snapshot: Path) -> Path | None:
+    """The compiled build of the snapshot's code (scripts/build_compiled.py), or None with
+    the reason logged (the "compiled" target is then reported as not measured)."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from build_compiled import build_compiled
+    log("building the compiled build (MAILPROXY_COMPILE=1, mypyc)")
+    try:
+        return build_compiled(snapshot / "compiled", src=snapshot / "src")
+    except subprocess.CalledProcessError as e:
+        log("compiled build failed: " + (e.stderr or e.stdout).strip()[-2000:])
+        return None
 
 
 def build_c(build_dir: Path) -> tuple[Path, Path]:
@@ -249,10 +266,11 @@ class Bench:
             t = servers.Nginx(name, TARGET_HOSTS[name], b, self.cores,
                               authhttp_binary=self.authhttp,
                               proxy_buffer=self.args.nginx_proxy_buffer)
-        elif name == "trio":
-            workers = self.status.get("trio", {}).get(
+        elif name in DAEMON_TARGETS:
+            workers = self.status.get(name, {}).get(
                 "workers", self.args.trio_workers or self.cores)
-            t = servers.TrioMailproxy(name, TARGET_HOSTS[name], b, self.cores, workers=workers)
+            t = servers.TrioMailproxy(name, TARGET_HOSTS[name], b, self.cores, workers=workers,
+                                      compiled=name == "compiled")
         elif name in ("floor", "loopfloor"):
             cls = servers.TrioFloor if name == "floor" else servers.LoopFloor
             t = cls(name, TARGET_HOSTS[name], b, self.cores,
@@ -271,9 +289,9 @@ class Bench:
         except Exception as e:  # ServerError, OSError...
             t.stop()
             raise ServerError(str(e)) from None
-        if name == "trio":
+        if name in DAEMON_TARGETS:
             assert isinstance(t, servers.TrioMailproxy)
-            st = self.status.setdefault("trio", {})
+            st = self.status.setdefault(name, {})
             if t.workers > 1 and t.processes_seen < 2:
                 # the daemon does not fork workers (yet): measure it honestly as 1
                 st["workers"] = 1
@@ -581,6 +599,7 @@ class Bench:
 def servers_label(name: str) -> str:
     return {"direct": "direct", "haproxy": "haproxy (TCP)", "dovecot": "dovecot proxy",
             "nginx": "nginx mail", "trio": "trio-mailproxy",
+            "compiled": "trio-mailproxy, compiled",
             "floor": "trio floor (bench/floor.py)",
             "loopfloor": "loop floor (bench/floor_loop.py)",
             "libloop": "library loop (bench/floor_library.py)"}.get(name, name)
@@ -718,9 +737,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     goal_lines = goals(report)
     if goal_lines:
+        builds = [report["targets"][n]["label"] for n in goal_builds(report)]
         lines += ["", "Issue 4's targets for trio-mailproxy in this run:", "",
-                  "| goal | trio-mailproxy | reference | met |", "|---|---|---|---|",
-                  *goal_lines]
+                  f"| goal | {' | '.join(builds)} | reference | met |",
+                  "|---|" + "---|" * (len(builds) + 2), *goal_lines]
     lines += ["", "Notes:"]
     for note in report["notes"]:
         lines.append(f"- {note}")
@@ -735,11 +755,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def goal_builds(report: dict) -> list[str]:
+    """The daemon's builds measured in this run: the goals table has a column for each."""
+    return [n for n in DAEMON_TARGETS if n in report["run"]["targets"]]
+
+
 def goals(report: dict) -> list[str]:
-    """Rows comparing trio-mailproxy with what issue 4 asks of it (same run)."""
+    """Rows comparing trio-mailproxy (each build measured) with what issue 4 asks of it
+    (same run): | goal | value per build | reference | met per build |."""
     summ = report["summary"]
     names = report["run"]["targets"]
-    if "trio" not in names:
+    builds = goal_builds(report)
+    if not builds:
         return []
 
     def cell(key: str, name: str, field: str = "median"):
@@ -747,42 +774,49 @@ def goals(report: dict) -> list[str]:
 
     rows = []
 
-    def row(goal: str, mine, ref, ok, fmt: str) -> None:
-        if mine is None or ref is None:
+    def row(goal: str, key: str, field: str, ref_name: str, ok, fmt: str,
+            extra_ok=lambda name: True) -> None:
+        ref = cell(key, ref_name, field)
+        mine = [cell(key, n, field) for n in builds]
+        if ref is None or all(v is None for v in mine):
             return
-        rows.append(f"| {goal} | {fmt.format(mine)} | {fmt.format(ref)} | "
-                    f"{'yes' if ok(mine, ref) else 'no'} |")
+        values = [fmt.format(v) if v is not None else "n/a" for v in mine]
+        met = ["n/a" if v is None else "yes" if ok(v, ref) and extra_ok(n) else "no"
+               for n, v in zip(builds, mine)]
+        rows.append(f"| {goal} | {' | '.join(values)} | {fmt.format(ref)} | "
+                    f"{' / '.join(met)} |")
 
     if "dovecot" in names:
         for key, what in (("imap_c1_lps", "IMAP logins/s c=1"),
                           ("imap_c50_lps", "IMAP logins/s c=50"),
                           ("pop3_c50_lps", "POP3 logins/s c=50")):
-            row(f"{what} (ratio to direct) above Dovecot proxy's",
-                cell(key, "trio", "ratio_median"), cell(key, "dovecot", "ratio_median"),
-                lambda a, b: a > b, "{:.2f}×")
-        row("IMAP p99 login latency c=1 below Dovecot proxy's", cell("imap_c1_p99", "trio"),
-            cell("imap_c1_p99", "dovecot"), lambda a, b: a < b, "{:.3f} ms")
+            row(f"{what} (ratio to direct) above Dovecot proxy's", key, "ratio_median",
+                "dovecot", lambda a, b: a > b, "{:.2f}×")
+        row("IMAP p99 login latency c=1 below Dovecot proxy's", "imap_c1_p99", "median",
+            "dovecot", lambda a, b: a < b, "{:.3f} ms")
         for key, what in (("imap_cpu_us", "IMAP"), ("pop3_cpu_us", "POP3")):
-            row(f"CPU per {what} login below Dovecot proxy's", cell(key, "trio"),
-                cell(key, "dovecot"), lambda a, b: a < b, "{:.0f} µs")
+            row(f"CPU per {what} login below Dovecot proxy's", key, "median", "dovecot",
+                lambda a, b: a < b, "{:.0f} µs")
     if "haproxy" in names:
         for key, what in (("fetch_mbps", "FETCH"), ("append_mbps", "APPEND")):
-            row(f"{what} ratio ≥ 0.95 × haproxy's", cell(key, "trio", "ratio_median"),
-                cell(key, "haproxy", "ratio_median"), lambda a, b: a >= 0.95 * b, "{:.2f}×")
+            row(f"{what} ratio ≥ 0.95 × haproxy's", key, "ratio_median", "haproxy",
+                lambda a, b: a >= 0.95 * b, "{:.2f}×")
     idle = report["config"].get("idle") or []
     if idle and "nginx" in names:
         n = max(idle)
-        mine = cell(f"idle_{n}_pss", "trio")
-        ok_all = all(v == n for v in (summ.get(f"idle_{n}_noop", {}).get("targets", {})
-                                      .get("trio", {}).get("values") or [0]))
-        row(f"PSS per idle session ({n} held) ≤ nginx's, all answering NOOP", mine,
-            cell(f"idle_{n}_pss", "nginx"), lambda a, b: a <= b and ok_all, "{:.1f} KiB")
+
+        def all_answered(name: str) -> bool:
+            return all(v == n for v in (summ.get(f"idle_{n}_noop", {}).get("targets", {})
+                                        .get(name, {}).get("values") or [0]))
+
+        row(f"PSS per idle session ({n} held) ≤ nginx's, all answering NOOP",
+            f"idle_{n}_pss", "median", "nginx", lambda a, b: a <= b, "{:.1f} KiB",
+            extra_ok=all_answered)
     if "nginx" in names:
-        row("lead: IMAP logins/s c=50 (ratio) at nginx's or above",
-            cell("imap_c50_lps", "trio", "ratio_median"),
-            cell("imap_c50_lps", "nginx", "ratio_median"), lambda a, b: a >= b, "{:.2f}×")
-        row("lead: CPU per IMAP login at nginx's or below", cell("imap_cpu_us", "trio"),
-            cell("imap_cpu_us", "nginx"), lambda a, b: a <= b, "{:.0f} µs")
+        row("lead: IMAP logins/s c=50 (ratio) at nginx's or above", "imap_c50_lps",
+            "ratio_median", "nginx", lambda a, b: a >= b, "{:.2f}×")
+        row("lead: CPU per IMAP login at nginx's or below", "imap_cpu_us", "median", "nginx",
+            lambda a, b: a <= b, "{:.0f} µs")
     return rows
 
 
@@ -821,8 +855,10 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
             "Other work on the machine during the tests (CPU not used by the bench's own "
             f"processes, share of all cores): median {statistics.median(shares):.0%}, "
             f"max {shares[-1]:.0%}.")
-    tr = bench.status.get("trio", {})
-    if tr.get("available"):
+    # both builds run with the same workers and config: describe whichever ran
+    tr = next((bench.status[n] for n in DAEMON_TARGETS
+               if bench.status.get(n, {}).get("available")), {})
+    if tr:
         parts = [f"trio-mailproxy: workers = {tr.get('workers')}"
                  f" ({tr.get('processes', '?')} processes incl. the parent)."]
         if tr.get("workers_note"):
@@ -834,6 +870,11 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
                          + (tr.get("pop3_note") or "?").replace("|", "/") + ").")
         parts.append("Default log_level (info), logged to a file.")
         notes.append(" ".join(parts))
+    if "compiled" in avail:
+        notes.append(
+            "trio-mailproxy, compiled: the same code and config, built with "
+            "MAILPROXY_COMPILE=1 (setup.py: its sans-io hot path compiled by mypyc; "
+            "scripts/build_compiled.py), the opt-in build.")
     if "floor" in avail:
         notes.append(
             f"trio floor: bench/floor.py with {args.trio_workers or bench.cores} worker "
@@ -959,7 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     ensure_installed(args.no_install)
-    if "trio" in args.targets:
+    if any(n in args.targets for n in DAEMON_TARGETS):
         ensure_trio_mailproxy(args.no_install)
     build_dir = Path("/tmp") / f"bench-build-{os.getuid()}"
     loadgen, authhttp = build_c(build_dir)
@@ -970,6 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(REPO_ROOT / "src", snapshot / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     servers.TRIO_SRC = snapshot / "src"
+    if "compiled" in args.targets:
+        servers.TRIO_COMPILED = compiled_build(snapshot)
 
     bench = Bench(args, loadgen, authhttp)
     stop_requested = []

@@ -33,6 +33,10 @@ REPO_ROOT = BENCH_DIR.parent
 #: one run measures the same code even while the working tree is being edited.
 TRIO_SRC = REPO_ROOT / "src"
 
+#: The same code's compiled build (setup.py, MAILPROXY_COMPILE=1), unpacked by run.py
+#: (scripts/build_compiled.py) when the "compiled" target is asked for; None until then.
+TRIO_COMPILED: Path | None = None
+
 #: Every server started and not yet stopped (run.py stops them all in a finally block).
 RUNNING: list["Server"] = []
 
@@ -720,13 +724,17 @@ def trio_mailproxy_argv() -> list[str] | None:
 class TrioMailproxy(Target):
     label = "trio-mailproxy"
 
-    def __init__(self, *a, workers: int = 1, src: Path | None = None,
+    def __init__(self, *a, workers: int = 1, src: Path | None = None, compiled: bool = False,
                  prefix: list[str] | None = None, ready_timeout: float = 20, **kw) -> None:
         super().__init__(*a, **kw)
         self.workers = workers
-        # src: the code to run (default TRIO_SRC); prefix: a command the daemon runs
-        # under (bench/compare.py: valgrind), which makes its start slower
+        # src: the code to run (default TRIO_SRC, or TRIO_COMPILED if compiled); prefix: a
+        # command the daemon runs under (bench/compare.py: valgrind), which makes its
+        # start slower
         self.src = src
+        self.compiled = compiled
+        if compiled:
+            self.label = "trio-mailproxy, compiled"
         self.prefix = prefix or []
         self.ready_timeout = ready_timeout
         self.processes_seen = 0
@@ -744,9 +752,11 @@ class TrioMailproxy(Target):
         argv = trio_mailproxy_argv()
         if argv is None:
             raise ServerError("trio-mailproxy not installed (pip install -e .)")
+        if self.compiled and TRIO_COMPILED is None:
+            raise ServerError("no compiled build (scripts/build_compiled.py failed)")
         self.dir = make_tmpdir("bench-trio-")
         self.imap_port = free_port(self.host)
-        env = env_importing(self.src or TRIO_SRC)
+        env = env_importing(self.src or (TRIO_COMPILED if self.compiled else TRIO_SRC))
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         cfg_path = self.dir / "mailproxy.toml"
         self.pop3_port = free_port(self.host)
@@ -779,4 +789,21 @@ class TrioMailproxy(Target):
             if self.processes_seen >= self.workers:
                 break
             time.sleep(0.1)
+        if self.compiled:
+            self.check_compiled_loaded()
         return self
+
+    def check_compiled_loaded(self) -> None:
+        """The label must be true: every process of the daemon has the compiled
+        protocols/imap extension mapped (from the compiled build, not a stray copy)."""
+        assert TRIO_COMPILED is not None
+        ext = str(TRIO_COMPILED / "mailproxy" / "protocols" / "imap.cpython-")
+        for pid in self.pids():
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            if ext not in maps:
+                self.stop()
+                raise ServerError(f"trio-mailproxy, compiled: process {pid} did not load "
+                                  f"{ext}*.so")

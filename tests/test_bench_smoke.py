@@ -44,7 +44,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = set(processes_with("/tmp/bench-"))
     r = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--smoke", "--no-install",
-         "--targets", "direct,haproxy,dovecot,nginx,trio,floor,loopfloor,libloop",
+         "--targets", "direct,haproxy,dovecot,nginx,trio,compiled,floor,loopfloor,libloop",
          "--idle", str(IDLE_N), "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=str(REPO),
     )
@@ -58,7 +58,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _required_targets() -> list[str]:
-    req = ["direct", "haproxy", "trio", "floor", "loopfloor", "libloop"]
+    req = ["direct", "haproxy", "trio", "compiled", "floor", "loopfloor", "libloop"]
     if which("nginx") and os.path.exists("/usr/lib/nginx/modules/ngx_mail_module.so"):
         req.append("nginx")
     req.append("dovecot")
@@ -94,6 +94,9 @@ def test_every_target_measured(smoke: dict) -> None:
 def test_report_written(smoke: dict) -> None:
     md = smoke["md"]
     assert "| IMAP logins/s, c=1 |" in md
+    # both builds of the daemon, each in the table and measured against issue 4's goals
+    assert "| trio-mailproxy | trio-mailproxy, compiled |" in md
+    assert "| goal | trio-mailproxy | trio-mailproxy, compiled | reference | met |" in md
     assert "Machine:" in md
     summary = smoke["report"]["summary"]
     assert "imap_c1_lps" in summary and "direct" in summary["imap_c1_lps"]["targets"]
