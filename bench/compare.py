@@ -6,7 +6,8 @@
     python3 bench/compare.py --instructions 300 HEAD~1 HEAD   # callgrind count per login
 
 A VERSION is a revision of this repository (its src/ is exported with git archive) or a
-directory holding src/mailproxy (another checkout, a copy).
+directory holding src/mailproxy (another checkout, a copy); either with "+compiled" after
+it (HEAD+compiled) is that code's opt-in compiled build (setup.py, MAILPROXY_COMPILE=1).
 
 Why not the full bench: a change to the login path moves its figures by a few percent,
 while on a shared 2-core machine the full bench's ratios move by ±10% from one repetition
@@ -28,6 +29,7 @@ Every process it starts is stopped at the end, as in run.py.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import signal
@@ -44,8 +46,18 @@ import servers
 VERSION_HOSTS = "127.0.8.{}"     # one loopback address per version (1, 2, ...)
 
 
+COMPILED_SUFFIX = "+compiled"
+
+
 def export(version: str, into: Path) -> Path:
-    """The src/ directory to run for ``version`` (exported into ``into`` for a revision)."""
+    """The src/ directory to run for ``version`` (exported into ``into`` for a revision;
+    VERSION+compiled: that code's compiled build, scripts/build_compiled.py)."""
+    if version.endswith(COMPILED_SUFFIX):
+        src = export(version.removesuffix(COMPILED_SUFFIX), into)
+        sys.path.insert(0, str(run.REPO_ROOT / "scripts"))
+        from build_compiled import build_compiled
+        dest = into / ("compiled-" + hashlib.sha256(str(src).encode()).hexdigest()[:12])
+        return dest if dest.exists() else build_compiled(dest, src=src)
     path = Path(version)
     for candidate in (path / "src", path):
         if (candidate / "mailproxy" / "__init__.py").is_file():

@@ -65,6 +65,15 @@ def test_basic_pipelined_login() -> None:
         conn.next_event()
 
 
+def test_received_data_may_be_a_bytearray() -> None:
+    # what trio's memory streams and many socket wrappers hand over; the compiled build
+    # checks argument types, so this is checked in both builds
+    conn = client()
+    events, out = run_client(conn, [bytearray(BANNER), bytearray(ID_REPLY + OK + b"\r\n")])
+    assert out == ID + LOGIN
+    assert events == [BackendLoggedIn(OK, ("IMAP4rev1", "IDLE", "MOVE"))]
+
+
 FIRST_WRITES = [
     # no capabilities in the banner: no ID at all, C CAPABILITY before the login
     ({}, BANNER_NO_CAPS, b"C CAPABILITY\r\n" + LOGIN),

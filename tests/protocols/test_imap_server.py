@@ -68,6 +68,15 @@ def test_default_greeting_text() -> None:
     assert imap.ServerConnection().data_to_send().endswith(b"] trio-mailproxy ready.\r\n")
 
 
+def test_received_data_may_be_a_bytearray() -> None:
+    # what trio's memory streams hand over; the compiled build checks argument types
+    events, out = run_server(server(), [bytearray(b"a CAPABILITY\r\n"), bytearray(b"b LOGIN")])
+    assert out.startswith(b"* CAPABILITY IMAP4rev1 ")
+    assert out.endswith(b"a OK Pre-login capabilities listed, post-login capabilities "
+                        b"have more.\r\n")
+    assert events == []
+
+
 def test_constructor_refuses_bad_values() -> None:
     with pytest.raises(ValueError):
         imap.ServerConnection(greeting="a\r\nb")

@@ -357,7 +357,7 @@ class _Expander:
                     ctx.width = ctx.width * 10 + int(s[i])
                     i += 1
                 ctx.width = sign * ctx.width
-            modifiers = []
+            modifiers: list[Callable[[str, _Ctx], str]] = []
             while len(modifiers) < _MAX_MODIFIERS and i < n and s[i] in _MODIFIERS:
                 modifiers.append(_MODIFIERS[s[i]])
                 i += 1

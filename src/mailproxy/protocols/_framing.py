@@ -98,7 +98,7 @@ class LineReader:
 
     # ------------------------------------------------------------------ input
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Append received bytes; ``b""`` marks EOF."""
         if self._eof:
             if data:

@@ -491,7 +491,7 @@ class ServerConnection:
 
     # ------------------------------------------------------------------ I/O
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the client; ``b""`` = EOF. Bytes that arrive while a STARTTLS
         handshake is pending are discarded (command-injection defence)."""
         st = self.state
@@ -1017,7 +1017,7 @@ class ClientConnection:
 
     # ------------------------------------------------------------------ I/O
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the backend; ``b""`` = EOF. Bytes arriving while the STARTTLS
         handshake is pending are discarded."""
         st = self.state
