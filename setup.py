@@ -1,14 +1,18 @@
 """The optional compiled build (MAILPROXY_COMPILE=1): everything else is in pyproject.toml.
 
     pip install .                          # pure Python, the default
-    MAILPROXY_COMPILE=1 pip install .      # the sans-io hot path compiled with mypyc
+    MAILPROXY_COMPILE=1 pip install .      # the login hot path compiled with mypyc
 
 The compiled build turns the modules below into C extensions with mypyc (a mypy
-component, pinned in buildsys/mailproxy_build.py). They are the per-login parsing and
-encoding work; their Python source stays the reference, and the same tests run against
-both builds (tests/test_compiled_build.py). _events.py stays Python: its NEED_DATA-style
-sentinels rely on a metaclass, and mypyc's own argument type checks would replace the
-LocalProtocolError a caller gets for a wrong event.
+component; the pin is the dev extra's, see buildsys/mailproxy_build.py): the sans-io
+parsing and encoding of a login, and the session's driver and splice relay in io/. Their
+Python source stays the reference, and the whole test suite runs against both builds
+(tests/test_compiled_build.py). mypyc checks annotations at run time (a bytearray passed
+where `bytes` is declared raises TypeError) and compiles `raise ... from e` without
+setting __cause__, so code here must say what it accepts and set a cause it relies on
+by hand. _events.py stays Python: its NEED_DATA-style sentinels rely on a metaclass, and
+mypyc's own argument type checks would replace the LocalProtocolError a caller gets for
+a wrong event. Trio-facing modules compile as long as Trio's classes stay their bases.
 """
 
 import os
@@ -21,6 +25,10 @@ COMPILED_MODULES = [
     "src/mailproxy/protocols/_imapquote.py",
     "src/mailproxy/protocols/forwarding.py",
     "src/mailproxy/protocols/imap.py",
+    "src/mailproxy/io/backend.py",
+    "src/mailproxy/io/session.py",
+    "src/mailproxy/io/splice_hub.py",
+    "src/mailproxy/io/stream.py",
 ]
 
 

@@ -51,13 +51,17 @@ COMPILED_SUFFIX = "+compiled"
 
 def export(version: str, into: Path) -> Path:
     """The src/ directory to run for ``version`` (exported into ``into`` for a revision;
-    VERSION+compiled: that code's compiled build, scripts/build_compiled.py)."""
+    VERSION+compiled: the compiled build of that version, built from its own setup.py by
+    scripts/build_compiled.py)."""
     if version.endswith(COMPILED_SUFFIX):
-        src = export(version.removesuffix(COMPILED_SUFFIX), into)
+        project = export(version.removesuffix(COMPILED_SUFFIX), into).parent
+        if not (project / "setup.py").is_file():
+            raise SystemExit(f"compare: {version!r}: no setup.py beside its src/, so no "
+                             "compiled build to make")
         sys.path.insert(0, str(run.REPO_ROOT / "scripts"))
         from build_compiled import build_compiled
-        dest = into / ("compiled-" + hashlib.sha256(str(src).encode()).hexdigest()[:12])
-        return dest if dest.exists() else build_compiled(dest, src=src)
+        dest = into / ("compiled-" + hashlib.sha256(str(project).encode()).hexdigest()[:12])
+        return dest if dest.exists() else build_compiled(dest, project=project)
     path = Path(version)
     for candidate in (path / "src", path):
         if (candidate / "mailproxy" / "__init__.py").is_file():
@@ -71,7 +75,8 @@ def export(version: str, into: Path) -> Path:
     dest = into / commit[:12]
     if not dest.exists():
         dest.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(run.REPO_ROOT), "archive", commit, "src"],
+        # the whole revision: its src/, and what its compiled build is built from
+        archive = subprocess.run(["git", "-C", str(run.REPO_ROOT), "archive", commit],
                                  capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest / "src"

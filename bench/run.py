@@ -100,13 +100,12 @@ def ensure_trio_mailproxy(no_install: bool) -> None:
 
 
 def compiled_build(snapshot: Path) -> Path | None:
-    """The compiled build of the snapshot's code (scripts/build_compiled.py), or None with
-    the reason logged (the "compiled" target is then reported as not measured)."""
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    """The compiled build of the snapshot (scripts/build_compiled.py), or None with the
+    reason logged (the "compiled" target is then reported as not measured)."""
     from build_compiled import build_compiled
     log("building the compiled build (MAILPROXY_COMPILE=1, mypyc)")
     try:
-        return build_compiled(snapshot / "compiled", src=snapshot / "src")
+        return build_compiled(snapshot / "compiled", project=snapshot)
     except subprocess.CalledProcessError as e:
         log("compiled build failed: " + (e.stderr or e.stdout).strip()[-2000:])
         return None
@@ -1006,10 +1005,12 @@ def main(argv: list[str] | None = None) -> int:
     loadgen, authhttp = build_c(build_dir)
     machine = machine_info()
 
-    # the daemon's code as it is now: restarts later in the run use this same snapshot
+    # the daemon's code as it is now (with what its compiled build is built from):
+    # restarts later in the run use this same snapshot
     snapshot = Path(tempfile.mkdtemp(prefix="bench-src-", dir="/tmp"))
-    shutil.copytree(REPO_ROOT / "src", snapshot / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from build_compiled import copy_project
+    copy_project(REPO_ROOT, snapshot)
     servers.TRIO_SRC = snapshot / "src"
     if "compiled" in args.targets:
         servers.TRIO_COMPILED = compiled_build(snapshot)

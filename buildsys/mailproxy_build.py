@@ -1,9 +1,11 @@
 """trio-mailproxy's build backend: setuptools', plus the opt-in compiled build.
 
 With MAILPROXY_COMPILE=1 in the environment, a wheel build also requires mypy (whose mypyc
-compiles setup.py's COMPILED_MODULES) and fails with a one-line reason where it cannot
-compile, rather than quietly producing a pure wheel. Editable installs are always pure:
-compiled modules beside an edited source would run stale code.
+compiles setup.py's COMPILED_MODULES) and the project's own dependencies (the compiled
+modules are type-checked against trio's types, as in a development install), and fails
+with a one-line reason where it cannot compile, rather than quietly producing a pure
+wheel. Editable installs are always pure: compiled modules beside an edited source would
+run stale code.
 """
 
 import os
@@ -14,14 +16,16 @@ from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403  (the other PEP 517/660 hooks)
 
 
-def _mypy_pin() -> str:
-    """The mypy that dev installs (pyproject.toml's dev extra): one pin for both."""
-    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
-    dev = pyproject["project"]["optional-dependencies"]["dev"]
-    return next(r for r in dev if r.startswith("mypy=="))
+def _compile_requirements() -> list[str]:
+    """mypy as the dev extra pins it (one pin for both), and the runtime dependencies."""
+    project = tomllib.loads(
+        (Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    dev = project["optional-dependencies"]["dev"]
+    return [next(r for r in dev if r.startswith("mypy==")), *project["dependencies"]]
 
 
-MYPYC_REQUIREMENT = _mypy_pin()
+COMPILE_REQUIREMENTS = _compile_requirements()
+MYPYC_REQUIREMENT = COMPILE_REQUIREMENTS[0]
 
 
 def _compiling() -> bool:
@@ -29,7 +33,7 @@ def _compiling() -> bool:
 
 
 def get_requires_for_build_wheel(config_settings=None):
-    extra = [MYPYC_REQUIREMENT] if _compiling() else []
+    extra = COMPILE_REQUIREMENTS if _compiling() else []
     return _setuptools.get_requires_for_build_wheel(config_settings) + extra
 
 

@@ -21,22 +21,26 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # what a wheel build reads (pyproject.toml names README.md as the long description)
-PROJECT_FILES = ["pyproject.toml", "setup.py", "README.md"]
+PROJECT_FILES = ["pyproject.toml", "setup.py", "README.md", "MANIFEST.in"]
 PROJECT_DIRS = ["buildsys", "src"]
 
 
-def build_compiled(dest: Path, src: Path | None = None) -> Path:
-    """Unpack the compiled build of this project (of ``src`` instead of its src/, if given)
-    into ``dest``, and return ``dest``. Raises CalledProcessError with pip's output."""
+def copy_project(project: Path, into: Path) -> Path:
+    """Copy what a wheel build of ``project`` reads into ``into``; returns ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(project / name, into / name)
+    for name in PROJECT_DIRS:
+        shutil.copytree(project / name, into / name, ignore=shutil.ignore_patterns(
+            "__pycache__", "*.egg-info", "*.so", "build"))
+    return into
+
+
+def build_compiled(dest: Path, project: Path = REPO_ROOT) -> Path:
+    """Unpack the compiled build of ``project`` (a checkout, or a copy_project() copy) into
+    ``dest``, and return ``dest``. Raises CalledProcessError with pip's output."""
     with tempfile.TemporaryDirectory(prefix="mailproxy-compiled-") as tmp:
-        tree = Path(tmp) / "project"
-        tree.mkdir()
-        for name in PROJECT_FILES:
-            shutil.copy2(REPO_ROOT / name, tree / name)
-        for name in PROJECT_DIRS:
-            origin = src if (name == "src" and src is not None) else REPO_ROOT / name
-            shutil.copytree(origin, tree / name, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.egg-info", "*.so", "build"))
+        tree = copy_project(project, Path(tmp) / "project")
         wheels = Path(tmp) / "wheels"
         env = dict(os.environ, MAILPROXY_COMPILE="1")
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",

@@ -167,7 +167,7 @@ async def _attempt(target: BackendTarget, ip: str, make_conn: Callable[[], Any],
                     raise BackendLoginError(
                         "CONNECT", reason or f"Disconnected by server: {_ssl_reason(e)}"
                     ) from None
-                if getattr(plain, "connecting", False):
+                if isinstance(plain, PlainStream) and plain.connecting:
                     plain.connecting = False    # data came: the connect had succeeded
                 if not data:
                     raise BackendLoginError(

@@ -19,12 +19,12 @@ RELAY_CHUNK = 65536
 class RelayResult:
     __slots__ = ("client_bytes", "server_bytes", "closed_by", "error", "last_activity")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float | None = None) -> None:
         self.client_bytes = 0      # client → server ("in=" in Dovecot's log)
         self.server_bytes = 0      # server → client ("out=")
         self.closed_by = ""        # "client" | "server" | "proxy"
         self.error = ""
-        self.last_activity = trio.current_time()
+        self.last_activity = trio.current_time() if now is None else now
 
 
 async def _pump(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream, result: RelayResult,

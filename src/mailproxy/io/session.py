@@ -202,6 +202,7 @@ class ClientSession:
             return
         if ok is None:
             return
+        assert conn is not None      # login_dialogue() ran
         client_pending = conn.trailing_data()
         # Login-time objects (parser, buffers, state) are not needed any more: drop them
         # before the relay, which may last for days with thousands of sessions idle.
@@ -317,6 +318,7 @@ class ClientSession:
             decision = routing_decision(result, request, is_self=self.ctx.is_self,
                                         listener_port=self.listener.bind.port)
             if decision.proxy and decision.needs_dns:
+                assert decision.host is not None      # needs_dns says so
                 addresses = await self.ctx.resolve(decision.host, None)
                 decision = with_resolved_host(decision, addresses, request,
                                               is_self=self.ctx.is_self)
@@ -338,6 +340,7 @@ class ClientSession:
 
         if decision.nologin:
             if decision.referral:
+                assert decision.host is not None      # referral says so
                 referral = ev.Referral(destuser=decision.destuser, host=decision.host,
                                        port=decision.port, reason=decision.reason)
                 await self.send(conn.send(ev.AuthFailed(ev.FailureKind.REFERRAL,

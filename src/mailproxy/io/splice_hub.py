@@ -124,11 +124,12 @@ class RelayedSession:
     __slots__ = ("client", "server", "result", "on_closed", "info")
 
     def __init__(self, client_fd: int, server_fd: int,
-                 on_closed: Callable[[RelayResult], None], info: object) -> None:
+                 on_closed: Callable[[RelayResult], None], info: object,
+                 result: RelayResult) -> None:
         self.client = _End(client_fd, self, "client")
         self.server = _End(server_fd, self, "server")
         self.client.peer, self.server.peer = self.server, self.client
-        self.result = RelayResult()
+        self.result = result
         self.on_closed = on_closed
         self.info = info          # what kick/list know of the session
 
@@ -138,7 +139,7 @@ def _closed_already(result: RelayResult) -> None:
 
 
 # What a closed session's ends point at instead of each other (see SpliceHub._close).
-_GONE_SESSION = RelayedSession.__new__(RelayedSession)
+_GONE_SESSION = RelayedSession(-1, -1, _closed_already, None, RelayResult(now=0.0))
 _GONE_END = _End(-1, _GONE_SESSION, "closed")
 
 
@@ -156,7 +157,7 @@ class SpliceHub:
         """Take over two logged-in plain sockets (they must have no pending reads)."""
         # detach(): from here on the descriptors are ours alone; trio's objects are inert.
         session = RelayedSession(client.socket.detach(), server.socket.detach(), on_closed,
-                                 info)
+                                 info, RelayResult())
         for end in (session.client, session.server):
             self._ends[end.fd] = end
             self._epoll.register(end.fd, _IN)

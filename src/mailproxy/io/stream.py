@@ -23,6 +23,15 @@ import trio
 FAIR_EVERY = 8
 
 
+def _broken(e: OSError) -> trio.BrokenResourceError:
+    """The BrokenResourceError for a failed read or write, caused by ``e``: backend.py's
+    connect_failure() reads the connect error from ``__cause__``. Set by hand because
+    mypyc (the compiled build) compiles ``raise ... from e`` without setting it."""
+    broken = trio.BrokenResourceError(str(e))
+    broken.__cause__ = e
+    return broken
+
+
 class PlainStream(trio.abc.HalfCloseableStream):
     __slots__ = ("socket", "_fd", "_fast", "connecting")
 
@@ -66,7 +75,7 @@ class PlainStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.wait_writable(fd)
                 continue
             except OSError as e:
-                raise trio.BrokenResourceError(str(e)) from e
+                raise _broken(e)
             view = view[sent:]
         if not waited:
             await self._after_fast_op()
@@ -81,7 +90,7 @@ class PlainStream(trio.abc.HalfCloseableStream):
         except BlockingIOError:
             return await self._wait_and_read(fd, n)
         except OSError as e:
-            raise trio.BrokenResourceError(str(e)) from e
+            raise _broken(e)
         await self._after_fast_op()
         return data
 
@@ -102,7 +111,7 @@ class PlainStream(trio.abc.HalfCloseableStream):
             except BlockingIOError:
                 continue
             except OSError as e:
-                raise trio.BrokenResourceError(str(e)) from e
+                raise _broken(e)
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self._fd)
@@ -124,7 +133,8 @@ class PlainStream(trio.abc.HalfCloseableStream):
         self.socket.setsockopt(*args)
 
 
-async def receive_reply(stream: trio.abc.ReceiveStream, max_bytes: int = 65536) -> bytes:
+async def receive_reply(stream: trio.abc.ReceiveStream,
+                        max_bytes: int = 65536) -> bytes | bytearray:
     """Receive the peer's answer to what was just sent: PlainStream.receive_reply(), or
     receive_some() on any other stream (TLS, memory streams)."""
     if type(stream) is PlainStream:
