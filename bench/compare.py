@@ -42,6 +42,7 @@ from pathlib import Path
 
 import run
 import servers
+from build_compiled import build_compiled   # importable once run is (scripts/ on sys.path)
 
 VERSION_HOSTS = "127.0.8.{}"     # one loopback address per version (1, 2, ...)
 
@@ -58,8 +59,6 @@ def export(version: str, into: Path) -> Path:
         if not (project / "setup.py").is_file():
             raise SystemExit(f"compare: {version!r}: no setup.py beside its src/, so no "
                              "compiled build to make")
-        sys.path.insert(0, str(run.REPO_ROOT / "scripts"))
-        from build_compiled import build_compiled
         dest = into / ("compiled-" + hashlib.sha256(str(project).encode()).hexdigest()[:12])
         return dest if dest.exists() else build_compiled(dest, project=project)
     path = Path(version)

@@ -40,8 +40,10 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(BENCH_DIR.parent / "scripts"))   # build_compiled
 
 import servers  # noqa: E402
+from build_compiled import build_compiled, copy_project  # noqa: E402
 from servers import (  # noqa: E402
     APPEND_USER, FETCH_USER, NUM_USERS, PASSWORD, USER_PREFIX, ServerError,
 )
@@ -102,7 +104,6 @@ def ensure_trio_mailproxy(no_install: bool) -> None:
 def compiled_build(snapshot: Path) -> Path | None:
     """The compiled build of the snapshot (scripts/build_compiled.py), or None with the
     reason logged (the "compiled" target is then reported as not measured)."""
-    from build_compiled import build_compiled
     log("building the compiled build (MAILPROXY_COMPILE=1, mypyc)")
     try:
         return build_compiled(snapshot / "compiled", project=snapshot)
@@ -598,7 +599,7 @@ class Bench:
 def servers_label(name: str) -> str:
     return {"direct": "direct", "haproxy": "haproxy (TCP)", "dovecot": "dovecot proxy",
             "nginx": "nginx mail", "trio": "trio-mailproxy",
-            "compiled": "trio-mailproxy, compiled",
+            "compiled": servers.TrioMailproxy.compiled_label,
             "floor": "trio floor (bench/floor.py)",
             "loopfloor": "loop floor (bench/floor_loop.py)",
             "libloop": "library loop (bench/floor_library.py)"}.get(name, name)
@@ -872,7 +873,7 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
     if "compiled" in avail:
         notes.append(
             "trio-mailproxy, compiled: the same code and config, built with "
-            "MAILPROXY_COMPILE=1 (setup.py: its sans-io hot path compiled by mypyc; "
+            "MAILPROXY_COMPILE=1 (setup.py: its login hot path compiled by mypyc; "
             "scripts/build_compiled.py), the opt-in build.")
     if "floor" in avail:
         notes.append(
@@ -1008,8 +1009,6 @@ def main(argv: list[str] | None = None) -> int:
     # the daemon's code as it is now (with what its compiled build is built from):
     # restarts later in the run use this same snapshot
     snapshot = Path(tempfile.mkdtemp(prefix="bench-src-", dir="/tmp"))
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from build_compiled import copy_project
     copy_project(REPO_ROOT, snapshot)
     servers.TRIO_SRC = snapshot / "src"
     if "compiled" in args.targets:

@@ -723,6 +723,7 @@ def trio_mailproxy_argv() -> list[str] | None:
 
 class TrioMailproxy(Target):
     label = "trio-mailproxy"
+    compiled_label = "trio-mailproxy, compiled"
 
     def __init__(self, *a, workers: int = 1, src: Path | None = None, compiled: bool = False,
                  prefix: list[str] | None = None, ready_timeout: float = 20, **kw) -> None:
@@ -734,7 +735,7 @@ class TrioMailproxy(Target):
         self.src = src
         self.compiled = compiled
         if compiled:
-            self.label = "trio-mailproxy, compiled"
+            self.label = self.compiled_label
         self.prefix = prefix or []
         self.ready_timeout = ready_timeout
         self.processes_seen = 0
@@ -805,5 +806,5 @@ class TrioMailproxy(Target):
                 continue
             if ext not in maps:
                 self.stop()
-                raise ServerError(f"trio-mailproxy, compiled: process {pid} did not load "
+                raise ServerError(f"{self.label}: process {pid} did not load "
                                   f"{ext}*.so")
