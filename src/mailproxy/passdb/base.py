@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -141,7 +141,6 @@ class PassdbResult:
                 f"fields={self.redacted_fields()!r}, reason={self.reason!r}, "
                 f"master_user={self.master_user!r}, detail={self.detail!r})")
 
-    __str__ = __repr__
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -161,7 +160,6 @@ class PassdbEntry:
         return (f"PassdbEntry(fields={_redacted(self.fields)!r}, "
                 f"default_scheme={self.default_scheme!r})")
 
-    __str__ = __repr__
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +234,6 @@ def _reveal(secret: Secret | None) -> str | None:
     return value
 
 
-@runtime_checkable
 class PassDB(Protocol):
     """A password database driver (static, passwd-file; sql and ldap later)."""
 
