@@ -142,7 +142,6 @@ class PassdbResult:
                 f"master_user={self.master_user!r}, detail={self.detail!r})")
 
 
-
 @dataclass(frozen=True, slots=True, repr=False)
 class PassdbEntry:
     """What one passdb found for the user.
@@ -159,7 +158,6 @@ class PassdbEntry:
     def __repr__(self) -> str:
         return (f"PassdbEntry(fields={_redacted(self.fields)!r}, "
                 f"default_scheme={self.default_scheme!r})")
-
 
 
 @dataclass(frozen=True, slots=True)
