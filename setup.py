@@ -5,10 +5,10 @@
 
 The compiled build turns the modules below into C extensions with mypyc (a mypy
 component; the pin is the dev extra's, see buildsys/mailproxy_build.py): the sans-io
-parsing and encoding of a login; in io/ the session's driver, the backend login, the
-socket stream, the relays and the workers' steering; in passdb/ the chain, the static
-driver, %variable expansion and the routing decision. Their Python source stays the
-reference, and the whole test suite runs against both builds
+parsing and encoding of a login and its SASL exchanges; in io/ the session's driver, the
+backend login, the socket stream, the relays and the workers' steering; in passdb/ the
+chain, the static driver, %variable expansion and the routing decision. Their Python
+source stays the reference, and the whole test suite runs against both builds
 (tests/test_compiled_build.py). mypyc checks annotations at run time (a bytearray passed
 where `bytes` is declared raises TypeError) and compiles `raise ... from e` without
 setting __cause__, so code here must say what it accepts and set a cause it relies on by
@@ -32,6 +32,7 @@ COMPILED_MODULES = [
     "src/mailproxy/protocols/_imapquote.py",
     "src/mailproxy/protocols/forwarding.py",
     "src/mailproxy/protocols/imap.py",
+    "src/mailproxy/protocols/sasl.py",
     "src/mailproxy/io/backend.py",
     "src/mailproxy/io/relay.py",
     "src/mailproxy/io/session.py",
