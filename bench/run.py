@@ -190,14 +190,16 @@ def machine_info() -> dict:
 
 
 # ------------------------------------------------------------------ /proc readings
-def proc_cpu_s(pids: list[int]) -> float:
-    """utime+stime+cutime+cstime of the given processes, in seconds."""
+def proc_cpu_s(pids: list[int], *, user_only: bool = False) -> float:
+    """utime+stime+cutime+cstime of the given processes, in seconds (utime+cutime with
+    user_only: the part spent in user space)."""
     total = 0
     for pid in pids:
         rest = servers.proc_stat_fields(pid)
         if rest is not None:
             # fields 14-17 (1-based) = utime stime cutime cstime; rest[0] is field 3
-            total += sum(int(x) for x in rest[11:15])
+            total += (int(rest[11]) + int(rest[13]) if user_only
+                      else sum(int(x) for x in rest[11:15]))
     return total / CLK_TCK
 
 
@@ -331,6 +333,7 @@ class Bench:
         assert b is not None
         self.quiesce(t)
         c0 = proc_cpu_s(t.pids())
+        u0 = proc_cpu_s(t.pids(), user_only=True)
         a0 = proc_cpu_s(t.aux_pids())
         b0 = proc_cpu_s(b.pids())
         s0 = system_busy_s()
@@ -338,6 +341,7 @@ class Bench:
         res = fn()
         wall = time.monotonic() - w0
         c1 = proc_cpu_s(t.pids())
+        res["target_user_s"] = proc_cpu_s(t.pids(), user_only=True) - u0
         a1 = proc_cpu_s(t.aux_pids())
         b1 = proc_cpu_s(b.pids())
         busy = system_busy_s() - s0
@@ -372,6 +376,8 @@ class Bench:
         n = res["logins_total"]
         res["target_cpu_s"] = cpu
         res["target_cpu_us_per_login"] = cpu * 1e6 / n if t.pids() else None
+        res["target_user_us_per_login"] = (res["target_user_s"] * 1e6 / n if t.pids()
+                                           else None)
         res["aux_cpu_us_per_login"] = aux * 1e6 / n if t.aux_pids() else None
         res["backend_cpu_us_per_login"] = bcpu * 1e6 / n
         res["loadgen_cpu_us_per_login"] = res["loadgen_cpu_us"] / n
@@ -636,6 +642,12 @@ def metric_defs(idle: list[int], concurrency: int) -> list[tuple]:
         ("pop3_c50_p99", f"POP3 login latency p99, c={c}", "ms", g("pop3_c50", "p99_ms"), True, "{:.2f}"),
         ("imap_cpu_us", f"target CPU per IMAP login (c={c})", "µs",
          g("imap_c50", "target_cpu_us_per_login"), False, "{:.0f}"),
+        ("imap_cpu_user_us", f"target user-space CPU per IMAP login (c={c})", "µs",
+         g("imap_c50", "target_user_us_per_login"), False, "{:.0f}"),
+        ("imap_c1_cpu_us", "target CPU per IMAP login (c=1)", "µs",
+         g("imap_c1", "target_cpu_us_per_login"), False, "{:.0f}"),
+        ("imap_c1_cpu_user_us", "target user-space CPU per IMAP login (c=1)", "µs",
+         g("imap_c1", "target_user_us_per_login"), False, "{:.0f}"),
         ("pop3_cpu_us", f"target CPU per POP3 login (c={c})", "µs",
          g("pop3_c50", "target_cpu_us_per_login"), False, "{:.0f}"),
         ("fetch_mbps", "FETCH 20 MiB, one session", "MB/s", g("fetch", "mb_per_s"), True, "{:.0f}"),
