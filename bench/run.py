@@ -190,17 +190,23 @@ def machine_info() -> dict:
 
 
 # ------------------------------------------------------------------ /proc readings
-def proc_cpu_s(pids: list[int], *, user_only: bool = False) -> float:
-    """utime+stime+cutime+cstime of the given processes, in seconds (utime+cutime with
-    user_only: the part spent in user space)."""
-    total = 0
+def proc_cpu_split_s(pids: list[int]) -> tuple[float, float]:
+    """(utime+stime+cutime+cstime, utime+cutime) of the given processes, in seconds: all
+    their CPU, and the part of it spent in user space."""
+    total = user = 0
     for pid in pids:
         rest = servers.proc_stat_fields(pid)
         if rest is not None:
             # fields 14-17 (1-based) = utime stime cutime cstime; rest[0] is field 3
-            total += (int(rest[11]) + int(rest[13]) if user_only
-                      else sum(int(x) for x in rest[11:15]))
-    return total / CLK_TCK
+            utime, stime, cutime, cstime = (int(x) for x in rest[11:15])
+            total += utime + stime + cutime + cstime
+            user += utime + cutime
+    return total / CLK_TCK, user / CLK_TCK
+
+
+def proc_cpu_s(pids: list[int]) -> float:
+    """utime+stime+cutime+cstime of the given processes, in seconds."""
+    return proc_cpu_split_s(pids)[0]
 
 
 def proc_pss_kib(pids: list[int]) -> int:
@@ -332,16 +338,15 @@ class Bench:
         b = self.backend
         assert b is not None
         self.quiesce(t)
-        c0 = proc_cpu_s(t.pids())
-        u0 = proc_cpu_s(t.pids(), user_only=True)
+        c0, u0 = proc_cpu_split_s(t.pids())
         a0 = proc_cpu_s(t.aux_pids())
         b0 = proc_cpu_s(b.pids())
         s0 = system_busy_s()
         w0 = time.monotonic()
         res = fn()
         wall = time.monotonic() - w0
-        c1 = proc_cpu_s(t.pids())
-        res["target_user_s"] = proc_cpu_s(t.pids(), user_only=True) - u0
+        c1, u1 = proc_cpu_split_s(t.pids())
+        res["target_user_s"] = u1 - u0
         a1 = proc_cpu_s(t.aux_pids())
         b1 = proc_cpu_s(b.pids())
         busy = system_busy_s() - s0

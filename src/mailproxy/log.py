@@ -136,8 +136,8 @@ def info_line(message: str) -> None:
     their own handlers) it is an ordinary log.info()."""
     handler = _handler
     formatter = handler.formatter if handler is not None else None
-    if (handler is None or not isinstance(formatter, _TextFormatter)
-            or log.handlers != [handler] or not log.isEnabledFor(logging.INFO)):
+    if (not isinstance(formatter, _TextFormatter) or log.handlers != [handler]
+            or not log.isEnabledFor(logging.INFO)):
         log.info("%s", message)
         return
     handler.write_line(formatter.prefix(time.time(), "INFO") + message + "\n")

@@ -54,7 +54,7 @@ def resolve_source_ips(entries: tuple[str, ...]) -> list[str]:
             except OSError:
                 continue
             for info in infos:
-                ip = str(info[4][0])
+                ip = info[4][0]
                 if ip not in out and _can_bind(ip):
                     out.append(ip)
         else:
@@ -115,7 +115,7 @@ class ProxyContext:
         infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         out: list[str] = []
         for info in infos:
-            ip = str(info[4][0])
+            ip = info[4][0]
             if ip not in out:
                 out.append(ip)
         if not out:
@@ -400,7 +400,7 @@ class Daemon:
             try:
                 while True:
                     try:
-                        fd, peer = lsock._accept()  # type: ignore[attr-defined]
+                        fd, peer = lsock._accept()
                     except BlockingIOError:
                         batch = 0
                         if not preferring and cpu is not None and \
