@@ -34,8 +34,12 @@ def load(busy: float = 0.05, fds: float = 0.0, age: float = 0.0) -> WorkerLoad:
     (SPREAD, NOW - HOLD, [load(0.2), load(0.2)], CONCENTRATE),
     # ... but not right after a change (no flapping)
     (SPREAD, NOW - HOLD / 2, [load(0.2), load(0.2)], SPREAD),
-    # together too busy for one worker
-    (SPREAD, NOW - 60, [load(0.4), load(0.35)], SPREAD),
+    # together too busy for one worker, even at one worker's lower cost per login
+    (SPREAD, NOW - 60, [load(0.5), load(0.45)], SPREAD),
+    # spread workers busier together than one would be alone: 0.8 spread is about
+    # 0.64 for one worker (the sixth bench machine stayed spread here at 731 µs a login
+    # where one worker had spent 555-586)
+    (SPREAD, NOW - 60, [load(0.4), load(0.4)], CONCENTRATE),
     # descriptors: one worker would hold too many
     (SPREAD, NOW - 60, [load(0.1, fds=0.25), load(0.1)], SPREAD),
     # a silent worker: never concentrate
@@ -65,7 +69,34 @@ def test_policy_properties(mode: int, since: float, loads: list[WorkerLoad]) -> 
         # ... and a switch to it needs the quiet criteria and the hold time.
         if mode == SPREAD:
             assert since >= HOLD
-            assert sum(w.busy for w in loads) < steering.BUSY_LOW
+            assert sum(w.busy for w in loads) < steering.BUSY_LOW * steering.SPREAD_COST
+
+
+@given(loads=st.lists(st.floats(0, 2), min_size=1, max_size=8))
+def test_policy_does_not_flap(loads: list[float]) -> None:
+    """Spread workers that go back to one worker leave it under BUSY_HIGH when logins
+    cost it what SPREAD_COST says: the switch back cannot at once trigger a spread."""
+    back = decide(SPREAD, NOW - 60, NOW, [load(b) for b in loads])
+    if back == CONCENTRATE:
+        alone = sum(loads) / steering.SPREAD_COST
+        assert decide(CONCENTRATE, NOW, NOW, [load(alone)] + [load(0.0)] * (len(loads) - 1)) \
+            == CONCENTRATE
+
+
+def test_busy_meter_smooths_one_burst() -> None:
+    """One window at full load between quiet ones (fifty clients connecting at once) is
+    not a load to spread for; two windows at full load are."""
+    from mailproxy.io.steering import BusyMeter
+    w = steering.WINDOW
+    meter = BusyMeter(0.0, 0.0)
+    assert meter.sample(0.3 * w, w) == pytest.approx(0.3)
+    assert meter.sample(1.3 * w, 2 * w) == pytest.approx(0.65)    # burst: 1.0 then 0.3
+    assert meter.sample(1.6 * w, 3 * w) == pytest.approx(0.65)    # burst, then 0.3
+    assert meter.sample(1.9 * w, 4 * w) == pytest.approx(0.3)     # burst out of the window
+    meter.sample(2.9 * w, 5 * w)
+    sustained = meter.sample(3.9 * w, 6 * w)
+    assert sustained == pytest.approx(1.0)
+    assert sustained > steering.BUSY_HIGH
 
 
 # --- the shared table -----------------------------------------------------------------------
