@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from mailproxy.config import Address, Listener
 from mailproxy.io import steering
 from mailproxy.io.server import bind_sockets
-from mailproxy.io.steering import (CONCENTRATE, HOLD, SPREAD, STALE, LoadTable, Steering,
-                                   WorkerLoad, decide, set_concentrate)
+from mailproxy.io.steering import (CONCENTRATE, HOLD, SPREAD, STALE, BusyMeter, LoadTable,
+                                   Steering, WorkerLoad, decide, set_concentrate)
 
 NOW = 1000.0
 IDLE = WorkerLoad(0.05, 0.0, NOW)
@@ -86,12 +86,11 @@ def test_policy_does_not_flap(loads: list[float]) -> None:
 def test_busy_meter_smooths_one_burst() -> None:
     """One window at full load between quiet ones (fifty clients connecting at once) is
     not a load to spread for; two windows at full load are."""
-    from mailproxy.io.steering import BusyMeter
     w = steering.WINDOW
     meter = BusyMeter(0.0, 0.0)
     assert meter.sample(0.3 * w, w) == pytest.approx(0.3)
-    assert meter.sample(1.3 * w, 2 * w) == pytest.approx(0.65)    # burst: 1.0 then 0.3
-    assert meter.sample(1.6 * w, 3 * w) == pytest.approx(0.65)    # burst, then 0.3
+    assert meter.sample(1.3 * w, 2 * w) == pytest.approx(0.65)    # 0.3, then the burst
+    assert meter.sample(1.6 * w, 3 * w) == pytest.approx(0.65)    # the burst, then 0.3
     assert meter.sample(1.9 * w, 4 * w) == pytest.approx(0.3)     # burst out of the window
     meter.sample(2.9 * w, 5 * w)
     sustained = meter.sample(3.9 * w, 6 * w)
