@@ -72,6 +72,13 @@ MAX_DELAY_SECS = 300
 #: Dovecot's CACHED_PASSWORD_SCHEME for passdbs that return no password.
 _CACHED_PASSWORD_SCHEME = "SHA1"
 
+# The extra field names auth_request_set_field() treats specially (_set_field); every other
+# name without a ":protected"/":remove" suffix is stored as it is.
+_SPECIAL_FIELDS = frozenset((
+    "password", "password_noscheme", "user", "username", "domain", "login_user",
+    "allow_nets", "allow_real_nets", "fail", "delay_until", "noauthenticate", "nopassword",
+    "passdb_import"))
+
 
 class PassdbConfigError(Exception):
     """A passdb spec cannot be built; the message names the problem (config.py adds
@@ -689,6 +696,9 @@ class PassdbChain:
     # --- extra fields (auth_request_set_field) ---------------------------------------------
 
     def _set_field(self, a: _Auth, name: str, value: str, default_scheme: str) -> None:
+        if name not in _SPECIAL_FIELDS and ":" not in name and name:
+            a.fields[name] = value       # proxy, host, port, ...: most fields of a login
+            return
         if name.endswith(":protected"):
             name = name[: -len(":protected")]
             if name in a.fields:
