@@ -4,6 +4,7 @@
     python3 bench/compare.py HEAD~1 HEAD                  # interleaved IMAP logins
     python3 bench/compare.py --dovecot main ../my-branch  # with Dovecot's proxy beside them
     python3 bench/compare.py --instructions 300 HEAD~1 HEAD   # callgrind count per login
+    python3 bench/compare.py --opcodes 300 HEAD               # Python opcodes, by function
 
 A VERSION is a revision of this repository (its src/ is exported with git archive) or a
 directory holding src/mailproxy (another checkout, a copy); either with "+compiled" after
@@ -22,6 +23,12 @@ percent:
 - --instructions N: the user-space instructions one login costs, counted by valgrind's
   callgrind (one worker, one client, N logins after a warm-up). The count does not depend
   on the machine or its load and repeats within about 0.4%; kernel work is not in it.
+- --opcodes N: where a login's Python goes: the opcodes it executes, counted per function
+  by bench/opcount_trace.py (sys.settrace; same worker, client and warm-up), summed by
+  part (trio, each mailproxy module, standard library modules) with the largest
+  functions. Counts move by a few percent from run to run (how often the scheduler goes
+  round depends on timing); compiled builds are refused (their compiled modules run no
+  opcodes).
 
 Every process it starts is stopped at the end, as in run.py.
 """
@@ -36,9 +43,11 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import run
 import servers
@@ -136,6 +145,26 @@ def compare_logins(a: argparse.Namespace, bench: run.Bench,
             "(min–max) over repetitions\n\n" + "\n".join(lines))
 
 
+def _counted_logins(bench: run.Bench, t: servers.Target, label: str, n: int,
+                    reset: Callable[[], None]) -> None:
+    """Warm up (50 logins: caches, imports on first use, the backend's processes), call
+    reset() to start counting, then log in n times with one client."""
+    bench.loadgen_run(t, "imap-login", "-c", "1", "-N", "50", "-d", "600", "-w", "0",
+                      "-t", "60", timeout=900)
+    reset()
+    res = bench.loadgen_run(t, "imap-login", "-c", "1", "-N", str(n), "-d", "3600",
+                            "-w", "0", "-t", "60", timeout=3700)
+    if res["logins_total"] != n or res["errors"]:
+        raise SystemExit(f"compare: {label}: {res['logins_total']} of {n} logins, "
+                         f"{res['errors']} errors ({res['last_error']})")
+
+
+def _wait_for(path: Path, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def count_instructions(a: argparse.Namespace, bench: run.Bench,
                        versions: list[tuple[str, Path]]) -> str:
     valgrind, control = servers.which("valgrind"), servers.which("callgrind_control")
@@ -153,31 +182,102 @@ def count_instructions(a: argparse.Namespace, bench: run.Bench,
             t.start()
             assert t.proc is not None
             pid = str(t.proc.pid)
-            # warm-up: caches, imports on first use, the backend's processes
-            bench.loadgen_run(t, "imap-login", "-c", "1", "-N", "50", "-d", "600", "-w", "0",
-                              "-t", "60", timeout=900)
-            subprocess.run([control, "-z", pid], capture_output=True, check=True, timeout=60)
-            res = bench.loadgen_run(t, "imap-login", "-c", "1", "-N", str(a.instructions),
-                                    "-d", "3600", "-w", "0", "-t", "60", timeout=3700)
+            _counted_logins(bench, t, label, a.instructions, lambda: subprocess.run(
+                [control, "-z", pid], capture_output=True, check=True, timeout=60))
             subprocess.run([control, "-d", pid], capture_output=True, check=True, timeout=60)
             dump = out / f"cg.{pid}.1"
-            deadline = time.monotonic() + 30
-            while not dump.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            _wait_for(dump)
             total = next(int(line.split()[1]) for line in dump.read_text().splitlines()
                          if line.startswith("summary:"))
-            logins = res["logins_total"]
-            if logins != a.instructions or res["errors"]:
-                raise SystemExit(f"compare: {label}: {logins} of {a.instructions} logins, "
-                                 f"{res['errors']} errors ({res['last_error']})")
-            per_login = total / logins
-            run.log(f"{label}: {total} instructions in {logins} logins")
-            lines.append(f"| {label} | {per_login / 1000:,.0f} k |")
+            run.log(f"{label}: {total} instructions in {a.instructions} logins")
+            lines.append(f"| {label} | {total / a.instructions / 1000:,.0f} k |")
         finally:
             t.stop()
             shutil.rmtree(out, ignore_errors=True)
     return (f"User-space instructions per IMAP login (callgrind; one worker, one client, "
             f"{a.instructions} logins after 50)\n\n" + "\n".join(lines))
+
+
+TRIO_PARTS = ("/trio/", "/outcome/", "/sniffio/", "<attrs generated")
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+def opcode_group(location: str) -> str:
+    """Which part of the process a code object (``file:line:name``) belongs to: trio (with
+    outcome and the methods attrs makes for their classes), a mailproxy module, a
+    standard library module, or the dataclass constructors (made from "<string>")."""
+    filename = location.rsplit(":", 2)[0]
+    if any(part in filename for part in TRIO_PARTS):
+        return "trio"
+    if "/mailproxy/" in filename:
+        module = filename.rsplit("/mailproxy/", 1)[1].removesuffix(".py")
+        return "mailproxy." + module.replace("/", ".").removesuffix(".__init__")
+    if filename == "<string>":
+        return "dataclass constructors"
+    if filename.startswith(STDLIB):
+        module = filename[len(STDLIB):].strip("/").removesuffix(".py")
+        return "stdlib " + module.replace("/", ".").removesuffix(".__init__")
+    return filename
+
+
+def opcode_report(label: str, counts: Path, logins: int) -> tuple[str, list[str]]:
+    """The table row and the by-group and by-function lines for one version."""
+    groups: dict[str, int] = {}
+    functions: list[tuple[int, float, str]] = []
+    total = 0
+    for line in counts.read_text().splitlines():
+        n_text, calls_text, location = line.split("\t", 2)
+        n = int(n_text)
+        total += n
+        group = opcode_group(location)
+        groups[group] = groups.get(group, 0) + n
+        name = location.rsplit(":", 1)[1]
+        functions.append((n, int(calls_text) / logins, f"{group}: {name}"))
+    per_login = total / logins
+    trio_share = groups.get("trio", 0) / total if total else 0.0
+    row = f"| {label} | {per_login:,.0f} | {trio_share:.0%} |"
+    by_group = ", ".join(f"{g} {n / logins:,.0f}" for g, n in
+                         sorted(groups.items(), key=lambda kv: -kv[1])[:12])
+    top = ", ".join(f"{where} {n / logins:,.0f} ({calls:.1f} calls)"
+                    for n, calls, where in functions[:12])
+    return row, [f"- {label}, by part: {by_group}", f"- {label}, largest functions: {top}"]
+
+
+def count_opcodes(a: argparse.Namespace, bench: run.Bench,
+                  versions: list[tuple[str, Path]]) -> str:
+    for label, _src in versions:
+        if label.endswith(COMPILED_SUFFIX):
+            raise SystemExit(f"compare: {label}: --opcodes counts Python opcodes, and a "
+                             "compiled build runs its compiled modules as machine code "
+                             "(use --instructions)")
+    backend = bench.start_backend()
+    rows = ["| version | opcodes per login | in Trio |", "|---|---|---|"]
+    details: list[str] = []
+    tracer = Path(__file__).resolve().parent / "opcount_trace.py"
+    for i, (label, src) in enumerate(versions):
+        out = Path(tempfile.mkdtemp(prefix="bench-opcodes-", dir="/tmp"))
+        counts = out / "opcodes.tsv"
+        t = servers.TrioMailproxy(
+            label, VERSION_HOSTS.format(i + 1), backend, bench.cores, workers=1, src=src,
+            prefix=[os.path.realpath(sys.executable), str(tracer), str(counts)],
+            ready_timeout=300)
+        try:
+            t.start()
+            assert t.proc is not None
+            pid = t.proc.pid
+            _counted_logins(bench, t, label, a.opcodes,
+                            lambda: os.kill(pid, signal.SIGUSR2))
+            os.kill(pid, signal.SIGUSR1)
+            _wait_for(counts)
+            row, lines = opcode_report(label, counts, a.opcodes)
+            rows.append(row)
+            details += lines
+        finally:
+            t.stop()
+            shutil.rmtree(out, ignore_errors=True)
+    return (f"Python opcodes per IMAP login (sys.settrace with f_trace_opcodes; one worker, "
+            f"one client, {a.opcodes} logins after 50)\n\n" + "\n".join(rows) + "\n\n"
+            + "\n".join(details))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -187,6 +287,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a revision of this repository, or a directory holding src/mailproxy")
     p.add_argument("--instructions", type=int, metavar="N",
                    help="count instructions per login over N logins instead (callgrind)")
+    p.add_argument("--opcodes", type=int, metavar="N",
+                   help="count Python opcodes per login over N logins instead, by part "
+                        "and by function (sys.settrace; not for compiled builds)")
     p.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per test (default 3)")
     p.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per test")
@@ -198,6 +301,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.concurrency = [int(c) for c in a.concurrency.split(",") if c.strip()]
     if a.instructions is not None and a.instructions < 1:
         p.error("--instructions needs at least one login")
+    if a.opcodes is not None and a.opcodes < 1:
+        p.error("--opcodes needs at least one login")
+    if a.opcodes is not None and a.instructions is not None:
+        p.error("--opcodes and --instructions are two separate runs")
     return a
 
 
@@ -217,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         versions = labelled(a.versions, exported)
         if a.instructions is not None:
             text = count_instructions(a, bench, versions)
+        elif a.opcodes is not None:
+            text = count_opcodes(a, bench, versions)
         else:
             text = compare_logins(a, bench, versions)
     finally:

@@ -1,10 +1,10 @@
-"""bench/compare.py must not rot: both of its modes run end to end on two versions.
+"""bench/compare.py must not rot: each of its modes runs end to end on two versions.
 
 Compares the committed HEAD (exported with git archive) with the working tree (a
 directory), with the shortest settings; without git history, a copy of src/ takes HEAD's
 place. No figure is asserted beyond what shows that every version really ran: a ratio row
-per version, an instruction count in the range a login can cost, and nothing the tool
-started left running.
+per version, instruction and opcode counts in the range a login can cost, and nothing the
+tool started left running.
 
 Missing binaries are installed first by bench/install.sh (when root); a skip names the
 binary only when it is not installable here.
@@ -97,3 +97,20 @@ def test_instructions_counts_a_login_under_callgrind(versions: list[str]) -> Non
         # floor (bench/README.md), 20,000 k a daemon that did far more than log in
         k = int(count.removesuffix(" k").replace(",", ""))
         assert 200 < k < 20_000, (name, count)
+
+
+def test_opcodes_counts_a_login_by_part_and_function(versions: list[str]) -> None:
+    out = _compare(versions, "--opcodes", "5", timeout=900)
+    rows = _rows(out)
+    assert set(rows) == set(versions), out
+    for name, (count, trio_share) in rows.items():
+        # a login is about 16,000 opcodes (bench/README.md); a tenth of that could not
+        # have parsed the login, a hundred times that did far more than log in
+        opcodes = int(count.replace(",", ""))
+        assert 1_600 < opcodes < 1_600_000, (name, count)
+        # Trio runs the sessions but does not do all of the work, nor none of it
+        assert 5 < int(trio_share.removesuffix("%")) < 95, (name, trio_share)
+        # the largest parts name the daemon's own modules, as the tracer saw them run
+        by_part = next(line for line in out.splitlines()
+                       if line.startswith(f"- {name}, by part: "))
+        assert "mailproxy.protocols.imap" in by_part, by_part
