@@ -245,11 +245,6 @@ def opcode_report(label: str, counts: Path, logins: int) -> tuple[str, list[str]
 
 def count_opcodes(a: argparse.Namespace, bench: run.Bench,
                   versions: list[tuple[str, Path]]) -> str:
-    for label, _src in versions:
-        if label.endswith(COMPILED_SUFFIX):
-            raise SystemExit(f"compare: {label}: --opcodes counts Python opcodes, and a "
-                             "compiled build runs its compiled modules as machine code "
-                             "(use --instructions)")
     backend = bench.start_backend()
     rows = ["| version | opcodes per login | in Trio |", "|---|---|---|"]
     details: list[str] = []
@@ -305,6 +300,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--opcodes needs at least one login")
     if a.opcodes is not None and a.instructions is not None:
         p.error("--opcodes and --instructions are two separate runs")
+    # Refused before anything is built: a compiled build runs its compiled modules as
+    # machine code, which executes no opcodes.
+    compiled = [v for v in a.versions if v.endswith(COMPILED_SUFFIX)]
+    if a.opcodes is not None and compiled:
+        p.error(f"--opcodes counts Python opcodes and cannot see a compiled build "
+                f"({', '.join(compiled)}); use --instructions")
     return a
 
 
