@@ -5,6 +5,7 @@
     python3 bench/compare.py --dovecot main ../my-branch  # with Dovecot's proxy beside them
     python3 bench/compare.py --instructions 300 HEAD~1 HEAD   # callgrind count per login
     python3 bench/compare.py --opcodes 300 HEAD               # Python opcodes, by function
+    python3 bench/compare.py --wakeups 3000 HEAD~1 HEAD       # times the worker sleeps
 
 A VERSION is a revision of this repository (its src/ is exported with git archive) or a
 directory holding src/mailproxy (another checkout, a copy); either with "+compiled" after
@@ -29,6 +30,11 @@ percent:
   functions. Counts move by a few percent from run to run (how often the scheduler goes
   round depends on timing); compiled builds are refused (their compiled modules run no
   opcodes).
+- --wakeups N: how often the worker goes to sleep per login (its voluntary context
+  switches from /proc, each one a wait in epoll that a later event ends; same worker,
+  client and warm-up, at full speed, as counting instructions or opcodes would slow the
+  process down and change which replies arrive together). At one client each wake-up is
+  on the login's critical path and finds the caches cold.
 
 Every process it starts is stopped at the end, as in run.py.
 """
@@ -198,6 +204,36 @@ def count_instructions(a: argparse.Namespace, bench: run.Bench,
             f"{a.instructions} logins after 50)\n\n" + "\n".join(lines))
 
 
+def _voluntary_switches(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise SystemExit(f"compare: no voluntary_ctxt_switches in /proc/{pid}/status")
+
+
+def count_wakeups(a: argparse.Namespace, bench: run.Bench,
+                  versions: list[tuple[str, Path]]) -> str:
+    backend = bench.start_backend()
+    lines = ["| version | wake-ups per login |", "|---|---|"]
+    for i, (label, src) in enumerate(versions):
+        t = servers.TrioMailproxy(label, VERSION_HOSTS.format(i + 1), backend, bench.cores,
+                                  workers=1, src=src)
+        try:
+            t.start()
+            assert t.proc is not None
+            pid = t.proc.pid
+            start: list[int] = []
+            _counted_logins(bench, t, label, a.wakeups,
+                            lambda: start.append(_voluntary_switches(pid)))
+            n = _voluntary_switches(pid) - start[0]
+            run.log(f"{label}: {n} voluntary context switches in {a.wakeups} logins")
+            lines.append(f"| {label} | {n / a.wakeups:.2f} |")
+        finally:
+            t.stop()
+    return (f"Times the worker waited per IMAP login (voluntary context switches; one "
+            f"worker, one client, {a.wakeups} logins after 50)\n\n" + "\n".join(lines))
+
+
 TRIO_PARTS = ("/trio/", "/outcome/", "/sniffio/", "<attrs generated")
 STDLIB = sysconfig.get_paths()["stdlib"]
 
@@ -285,6 +321,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--opcodes", type=int, metavar="N",
                    help="count Python opcodes per login over N logins instead, by part "
                         "and by function (sys.settrace; not for compiled builds)")
+    p.add_argument("--wakeups", type=int, metavar="N",
+                   help="count the worker's waits (voluntary context switches) per login "
+                        "over N logins instead, at full speed")
     p.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per test (default 3)")
     p.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per test")
@@ -298,8 +337,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--instructions needs at least one login")
     if a.opcodes is not None and a.opcodes < 1:
         p.error("--opcodes needs at least one login")
-    if a.opcodes is not None and a.instructions is not None:
-        p.error("--opcodes and --instructions are two separate runs")
+    if a.wakeups is not None and a.wakeups < 1:
+        p.error("--wakeups needs at least one login")
+    if sum(x is not None for x in (a.opcodes, a.instructions, a.wakeups)) > 1:
+        p.error("--instructions, --opcodes and --wakeups are separate runs")
     # Refused before anything is built: a compiled build runs its compiled modules as
     # machine code, which executes no opcodes.
     compiled = [v for v in a.versions if v.endswith(COMPILED_SUFFIX)]
@@ -327,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             text = count_instructions(a, bench, versions)
         elif a.opcodes is not None:
             text = count_opcodes(a, bench, versions)
+        elif a.wakeups is not None:
+            text = count_wakeups(a, bench, versions)
         else:
             text = compare_logins(a, bench, versions)
     finally:

@@ -114,3 +114,14 @@ def test_opcodes_counts_a_login_by_part_and_function(versions: list[str]) -> Non
         by_part = next(line for line in out.splitlines()
                        if line.startswith(f"- {name}, by part: "))
         assert "mailproxy.protocols.imap" in by_part, by_part
+
+
+def test_wakeups_counts_the_workers_waits_per_login(versions: list[str]) -> None:
+    out = _compare(versions, "--wakeups", "20", timeout=600)
+    rows = _rows(out)
+    assert set(rows) == set(versions), out
+    for name, (count,) in rows.items():
+        # a login waits for the client's command, the backend's banner and its login
+        # reply, and the relay for the logout: at least about 2 waits (a wait can serve
+        # two steps at once), and a daemon sleeping 50 times per login is broken
+        assert 1.0 < float(count) < 50, (name, count)

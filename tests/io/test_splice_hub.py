@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import trio
 
 from mailproxy.io.relay import RelayResult
 from mailproxy.io.splice_hub import SpliceHub
+from tests.support.steps import StepCounter
 
 
 def pair() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -186,3 +188,28 @@ async def test_a_command_sent_before_the_hand_off_is_moved_by_add_itself() -> No
     assert results[0].closed_by == "proxy"
     client.close()
     server.close()
+
+
+async def test_a_last_reply_and_the_close_behind_it_take_one_wakeup() -> None:
+    """A backend's LOGOUT reply and its FIN usually arrive together: the hub relays the
+    reply and ends the session in the same wake-up, instead of waking again for the
+    end of the stream."""
+    hub = SpliceHub()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        s = Session(hub)
+        await trio.sleep(0.05)                      # the hub is waiting on its epoll set
+        (hub_task,) = nursery.child_tasks
+        counter = StepCounter(hub_task)
+        trio.lowlevel.add_instrument(counter)
+        reply = b"* BYE Logging out\r\nb OK Logout completed.\r\n"
+        # both before the hub can run: written and shut without a checkpoint between
+        os.write(s.server.socket.fileno(), reply)
+        s.server.socket.shutdown(socket.SHUT_WR)
+        await s.done.wait()
+        trio.lowlevel.remove_instrument(counter)
+        assert counter.steps == 1
+        assert await read_exactly(s.client, len(reply)) == reply
+        assert await s.client.receive_some() == b""
+        assert s.results[0].closed_by == "server"
+        nursery.cancel_scope.cancel()

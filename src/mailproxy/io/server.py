@@ -25,6 +25,7 @@ from .. import log as logmod
 from ..log import log
 from ..passdb.from_config import build_chain_from_config
 from .session import ClientSession, SessionInfo, opening_greeting
+from .backend import EarlyReplies
 from .splice_hub import SpliceHub
 from .steering import LoadTable, Steering
 from .stream import PlainStream
@@ -85,6 +86,8 @@ class ProxyContext:
     source_ips: list[str]
     sessions: set[SessionInfo] = field(default_factory=set)
     hub: SpliceHub | None = None
+    # what backends answer early (io/backend.py), learned across logins and reloads
+    early_replies: EarlyReplies | None = None
     # opening_greeting()'s bytes by (listener id, secured): the context's listeners
     # live as long as it does
     greetings: dict[tuple[int, bool], bytes] = field(default_factory=dict)
@@ -260,6 +263,7 @@ class Daemon:
         self.logging_in = 0     # session tasks still running (not yet handed to the hub)
         self.ready = trio.Event()
         self.hub = SpliceHub()
+        self.early_replies = EarlyReplies()
         self.load_table = load_table
         self.index = index
         self.steering: Steering | None = None
@@ -272,6 +276,7 @@ class Daemon:
                  "(about %d proxied sessions)", limit, max(0, (limit - 64) // 2))
         self.ctx = await build_context(config)
         self.ctx.hub = self.hub
+        self.ctx.early_replies = self.early_replies
         # Bound before any nursery exists: an address that cannot be bound ends the run
         # with its ConfigError (one line from the CLI), not a traceback from a task.
         bound = await self.bind_listeners(config, strict=True)
@@ -281,6 +286,7 @@ class Daemon:
             async with trio.open_nursery() as sessions:
                 self.sessions_nursery = sessions
                 sessions.start_soon(self.hub.run)
+                sessions.start_soon(self.early_replies.sweep)
                 sessions.start_soon(logmod.flush_periodically)
                 async with trio.open_nursery() as accept:
                     self.accept_nursery = accept
@@ -328,6 +334,7 @@ class Daemon:
         assert old is not None
         new_ctx.sessions = old.sessions
         new_ctx.hub = old.hub
+        new_ctx.early_replies = old.early_replies
         self.ctx = new_ctx
         # A new listener that cannot be bound is logged and skipped; the others serve.
         self.serve_listeners(await self.bind_listeners(config, strict=False))

@@ -442,7 +442,8 @@ class ClientSession:
             # under way, during the TCP handshake and the backend's banner.
             ok = await backend_mod.login(target, lambda: imap.ClientConnection(login),
                                          self.ctx.backend_tls,
-                                         max_reconnects=cfg.max_reconnects)
+                                         max_reconnects=cfg.max_reconnects,
+                                         early=self.ctx.early_replies)
         except backend_mod.BackendLoginError as e:
             for line in e.relayed:
                 await self.send(line)
