@@ -847,7 +847,7 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
         "each cycle ends with LOGOUT/QUIT. Target CPU is sampled around each test, so it "
         "includes the warm-up cycles and is divided by all cycles done.",
         "Idle: each N on a freshly started target, warmed with a few hundred logins before "
-        "PSS at 0; sessions are plaintext IMAP, logged in, then all sent NOOP.",
+        "PSS at 0; sessions are plaintext IMAP, logged in, then all sent NOOP, then LOGOUT.",
     ]
     if "haproxy" in avail:
         notes.append(f"haproxy: mode tcp, nbthread {bench.cores}, defaults otherwise "

@@ -24,8 +24,8 @@ from ..config import Config, ConfigError, ConfigErrors, Listener, load_config
 from .. import log as logmod
 from ..log import log
 from ..passdb.from_config import build_chain_from_config
-from .session import ClientSession, SessionInfo, opening_greeting
 from .backend import EarlyReplies
+from .session import ClientSession, SessionInfo, opening_greeting
 from .splice_hub import SpliceHub
 from .steering import LoadTable, Steering
 from .stream import PlainStream
