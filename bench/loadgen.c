@@ -470,9 +470,8 @@ static int wait_stdin_line(char *out, size_t n)
 /* End the held sessions as a client logging out would: LOGOUT on every one, then wait
  * (bounded) for the server to close before closing our end. The server side closing
  * first keeps the proxy's backend connections out of TIME_WAIT on the proxy's side,
- * where 9,000 sessions a target would hold the ephemeral ports towards the backend for
- * the next minute, i.e. during the next repetition's login tests (every connect() then
- * has to reuse a TIME_WAIT port), a cost no real login would see. */
+ * where 9,000 sessions a target would hold ephemeral ports towards the backend for the
+ * next minute, through the next repetition's login tests. */
 static void logout_idle(struct conn *cs, int N)
 {
     int open_ = 0;
