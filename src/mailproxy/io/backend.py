@@ -99,10 +99,7 @@ class EarlyReplies:
     def lower_mark(self, sock: Any) -> None:
         """After the wait (however it ended): the mark back to 1 unless the sweep did it."""
         if self.waiting.pop(sock.fileno(), None) is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, _RCVLOWAT, 1)
-            except OSError:
-                pass
+            _wake_on_any_byte(sock)
 
     def learn(self, key: tuple[str, int, str], nbytes: int) -> None:
         """A read of `nbytes` right after a write answered nothing in state `key`."""
@@ -119,18 +116,21 @@ class EarlyReplies:
             while True:
                 await trio.sleep(EARLY_SWEEP)
                 self.sweeps += 1
-                if not self.waiting:
-                    continue
                 for fd, (sock, key, since) in list(self.waiting.items()):
                     if self.sweeps - since >= 2:     # a whole interval without waking
                         del self.waiting[fd]
                         self.learned.pop(key, None)
-                        try:
-                            sock.setsockopt(socket.SOL_SOCKET, _RCVLOWAT, 1)
-                        except OSError:
-                            pass
+                        _wake_on_any_byte(sock)
         finally:
             self.running = False
+
+
+def _wake_on_any_byte(sock: Any) -> None:
+    """SO_RCVLOWAT back to 1 (which wakes a waiter if bytes are queued)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _RCVLOWAT, 1)
+    except OSError:
+        pass
 
 
 @dataclass(slots=True)
