@@ -19,8 +19,9 @@ percent:
 - logins (default): every version runs at once, each on its own loopback address, against
   the same Dovecot backend; each repetition runs the login tests (IMAP LOGIN + LOGOUT at
   each --concurrency) on direct and on every version in turn, order rotated, and reports
-  each version's logins/s as a ratio to direct in that same repetition, with its CPU per
-  login. Medians over repetitions, min-max in brackets.
+  each version's logins/s as a ratio to direct in that same repetition, with its p99
+  login latency (direct's too) and CPU per login. Medians over repetitions, min-max in
+  brackets.
 - --instructions N: the user-space instructions one login costs, counted by valgrind's
   callgrind (one worker, one client, N logins after a warm-up). The count does not depend
   on the machine or its load and repeats within about 0.4%; kernel work is not in it.
@@ -126,11 +127,14 @@ def compare_logins(a: argparse.Namespace, bench: run.Bench,
     names = list(targets)
     ratios: dict[tuple[str, int], list[float]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}
+    p99: dict[tuple[str, int], list[float]] = {}
     for r in range(a.reps):
         order = names[r % len(names):] + names[:r % len(names)]
         for conc in a.concurrency:
             row = {name: bench.test_login(targets[name], "imap", conc) for name in order}
             direct = row["direct"]["logins_per_s"]
+            for name in names:
+                p99.setdefault((name, conc), []).append(row[name]["p99_ms"])
             for name in names[1:]:
                 ratios.setdefault((name, conc), []).append(row[name]["logins_per_s"] / direct)
                 if row[name].get("target_cpu_us_per_login"):
@@ -139,12 +143,13 @@ def compare_logins(a: argparse.Namespace, bench: run.Bench,
             run.log(f"repetition {r + 1}/{a.reps} c={conc}: direct {direct:.0f}/s  " + "  ".join(
                 f"{name} {row[name]['logins_per_s'] / direct:.3f}" for name in names[1:]))
     lines = ["| version | " + " | ".join(
-        f"logins/s c={c} (ratio to direct) | CPU per login c={c}" for c in a.concurrency)
-        + " |", "|---|" + "---|---|" * len(a.concurrency)]
-    for name in names[1:]:
+        f"logins/s c={c} (ratio to direct) | p99 c={c} | CPU per login c={c}"
+        for c in a.concurrency) + " |", "|---|" + "---|---|---|" * len(a.concurrency)]
+    for name in names:
         cells = []
         for conc in a.concurrency:
             cells.append(_summary(ratios.get((name, conc), []), "{:.3f}"))
+            cells.append(_summary(p99.get((name, conc), []), "{:.3f}", " ms"))
             cells.append(_summary(cpu.get((name, conc), []), "{:.0f}", " µs"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return (f"IMAP logins, {a.reps} interleaved repetition(s) of {a.duration:g} s: median "

@@ -23,6 +23,9 @@
  *             taken in order, so -N 1000 -u 1000 logs every user in once)
  *
  * Login latency = connect() start to the tagged OK of LOGIN (IMAP) / the +OK of PASS (POP3).
+ * The login modes also report the median of each phase of a cycle ("phase_p50_us"):
+ * connect() start to the greeting, the login command(s) to their answer, LOGOUT/QUIT to
+ * its answer; at one client they show which step a target's latency is lost in.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -68,6 +71,7 @@ struct conn {
     int fd;
     enum state st;
     double t_start;
+    double t_greet, t_ok;   /* greeting read, login answered: the phases of a cycle */
     int user;
     int len;
     char buf[LINEBUF];
@@ -102,6 +106,10 @@ static uint32_t *lat;          /* microseconds, measured window only */
 static size_t nlat, caplat;
 static long done_total, done_window, errors, err_connect, err_refused, err_timeout, err_closed;
 static char last_error[256];
+/* a login cycle's three phases (connect to greeting, login command to its answer,
+ * LOGOUT/QUIT to its answer), microseconds, cycles whose login ended in the window */
+static uint32_t *phase[3];
+static size_t nphase, capphase;
 
 static double now(void)
 {
@@ -243,6 +251,7 @@ static void record_latency(double t0, double t1, double window_start, double win
  * connection must be closed as finished, -1 on protocol error, 0 to go on. */
 static double g_wstart, g_wend;
 static long noop_ok, noop_bad;
+static void record_phases(const struct conn *c, double t_end);
 
 static int on_line(struct conn *c, const char *line)
 {
@@ -252,6 +261,7 @@ static int on_line(struct conn *c, const char *line)
         switch (c->st) {
         case S_GREETING:
             if (!ok) { note_error("bad greeting", line); return -1; }
+            c->t_greet = now();
             c->st = S_USER;
             return sendf(c, "USER %s\r\n", user_name(c->user, u, sizeof u)) ? -1 : 0;
         case S_USER:
@@ -260,10 +270,12 @@ static int on_line(struct conn *c, const char *line)
             return sendf(c, "PASS %s\r\n", opt.password) ? -1 : 0;
         case S_LOGIN:
             if (!ok) { note_error("PASS refused", line); return -1; }
-            record_latency(c->t_start, now(), g_wstart, g_wend);
+            c->t_ok = now();
+            record_latency(c->t_start, c->t_ok, g_wstart, g_wend);
             c->st = S_LOGOUT;
             return sendf(c, "QUIT\r\n") ? -1 : 0;
         case S_LOGOUT:
+            record_phases(c, now());
             return 1;
         default:
             return 0;
@@ -273,6 +285,7 @@ static int on_line(struct conn *c, const char *line)
     switch (c->st) {
     case S_GREETING:
         if (strncmp(line, "* OK", 4) != 0) { note_error("bad greeting", line); return -1; }
+        c->t_greet = now();
         c->st = S_LOGIN;
         return sendf(c, "a LOGIN %s %s\r\n", user_name(c->user, u, sizeof u), opt.password)
                    ? -1 : 0;
@@ -280,11 +293,12 @@ static int on_line(struct conn *c, const char *line)
         if (line[0] == '*' || line[0] == '+') return 0;
         if (strncmp(line, "a OK", 4) != 0) { note_error("LOGIN refused", line); return -1; }
         if (opt.mode == M_IDLE) { c->st = S_IDLE; return 2; }
-        record_latency(c->t_start, now(), g_wstart, g_wend);
+        c->t_ok = now();
+        record_latency(c->t_start, c->t_ok, g_wstart, g_wend);
         c->st = S_LOGOUT;
         return sendf(c, "b LOGOUT\r\n") ? -1 : 0;
     case S_LOGOUT:
-        if (strncmp(line, "b OK", 4) == 0) return 1;
+        if (strncmp(line, "b OK", 4) == 0) { record_phases(c, now()); return 1; }
         return 0;
     case S_NOOP:
         if (line[0] == '*') return 0;
@@ -296,6 +310,23 @@ static int on_line(struct conn *c, const char *line)
     default:
         return 0;
     }
+}
+
+static void record_phases(const struct conn *c, double t_end)
+{
+    if (c->t_ok < g_wstart || c->t_ok > g_wend) return;
+    if (nphase == capphase) {
+        capphase = capphase ? capphase * 2 : 65536;
+        for (int i = 0; i < 3; i++) {
+            phase[i] = realloc(phase[i], capphase * sizeof *phase[i]);
+            if (!phase[i]) die("out of memory");
+        }
+    }
+    double us[3] = {(c->t_greet - c->t_start) * 1e6, (c->t_ok - c->t_greet) * 1e6,
+                    (t_end - c->t_ok) * 1e6};
+    for (int i = 0; i < 3; i++)
+        phase[i][nphase] = us[i] < 0 ? 0 : us[i] > 4e9 ? 4000000000u : (uint32_t)us[i];
+    nphase++;
 }
 
 /* Read what is there; feed complete lines. Returns like on_line, or -2 on EOF/error. */
@@ -454,6 +485,12 @@ out:
            done_total, done_window, done_window / window, pct(0.5) / 1000, pct(0.9) / 1000,
            pct(0.99) / 1000, nlat ? lat[nlat - 1] / 1000.0 : -1, errors, err_connect,
            err_refused, err_timeout, err_closed, esc);
+    printf("\"phase_p50_us\":[");
+    for (int i = 0; i < 3; i++) {
+        if (nphase) qsort(phase[i], nphase, sizeof *phase[i], cmp_u32);
+        printf("%s%u", i ? "," : "", nphase ? phase[i][nphase / 2] : 0);
+    }
+    printf("],");
     print_rusage_fields(cpu0);
     printf("}\n");
     fflush(stdout);

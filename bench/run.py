@@ -635,6 +635,9 @@ def metric_defs(idle: list[int], concurrency: int) -> list[tuple]:
     def g(test, field):
         return lambda res: (res.get(test) or {}).get(field)
 
+    def phase(i):
+        return lambda res: ((res.get("imap_c1") or {}).get("phase_p50_us") or [None] * 3)[i]
+
     c = concurrency
     defs = [
         ("imap_c1_lps", "IMAP logins/s, c=1", "/s", g("imap_c1", "logins_per_s"), True, "{:.0f}"),
@@ -642,6 +645,12 @@ def metric_defs(idle: list[int], concurrency: int) -> list[tuple]:
         ("pop3_c50_lps", f"POP3 logins/s, c={c}", "/s", g("pop3_c50", "logins_per_s"), True, "{:.0f}"),
         ("imap_c1_p50", "IMAP login latency p50, c=1", "ms", g("imap_c1", "p50_ms"), True, "{:.3f}"),
         ("imap_c1_p99", "IMAP login latency p99, c=1", "ms", g("imap_c1", "p99_ms"), True, "{:.3f}"),
+        # where a c=1 cycle's time goes (loadgen's per-cycle phases, medians)
+        ("imap_c1_greet_us", "c=1 phase p50: connect() to greeting", "µs", phase(0), False,
+         "{:.0f}"),
+        ("imap_c1_login_us", "c=1 phase p50: LOGIN to its OK", "µs", phase(1), False, "{:.0f}"),
+        ("imap_c1_logout_us", "c=1 phase p50: LOGOUT to its OK", "µs", phase(2), False,
+         "{:.0f}"),
         ("imap_c50_p50", f"IMAP login latency p50, c={c}", "ms", g("imap_c50", "p50_ms"), True, "{:.2f}"),
         ("imap_c50_p99", f"IMAP login latency p99, c={c}", "ms", g("imap_c50", "p99_ms"), True, "{:.2f}"),
         ("pop3_c50_p99", f"POP3 login latency p99, c={c}", "ms", g("pop3_c50", "p99_ms"), True, "{:.2f}"),
@@ -844,7 +853,9 @@ def standard_notes(bench: Bench, args: argparse.Namespace, run: dict) -> list[st
         "imap/pop3 processes reused (service_count=0, client_limit=1000), login processes in "
         "high-performance mode; every target proxies to it on 127.0.0.1.",
         "Login latency: connect() to the tagged OK of LOGIN (IMAP) / +OK of PASS (POP3); "
-        "each cycle ends with LOGOUT/QUIT. Target CPU is sampled around each test, so it "
+        "each cycle ends with LOGOUT/QUIT. The c=1 phase rows split a cycle: connect() to "
+        "the greeting, LOGIN to its OK (the proxy's passdb, backend connect, greeting, ID "
+        "and LOGIN), LOGOUT to its OK. Target CPU is sampled around each test, so it "
         "includes the warm-up cycles and is divided by all cycles done.",
         "Idle: each N on a freshly started target, warmed with a few hundred logins before "
         "PSS at 0; sessions are plaintext IMAP, logged in, then all sent NOOP, then LOGOUT.",

@@ -80,11 +80,14 @@ def test_logins_compares_a_revision_and_a_directory_side_by_side(versions: list[
     out = _compare(versions, "--reps", "1", "--duration", "0.3", "--warmup", "0.1",
                    "--concurrency", "1", timeout=600)
     rows = _rows(out)
-    assert set(rows) == set(versions), out
-    for name, (ratio, cpu) in rows.items():
+    assert set(rows) == {"direct", *versions}, out
+    direct_p99 = float(rows.pop("direct")[1].split()[0])
+    for name, (ratio, p99, cpu) in rows.items():
         # "0.541 (0.541–0.541)": a login through the proxy is slower than direct, but not
         # ten times slower
         assert 0.1 < float(ratio.split()[0]) < 1.5, (name, ratio)
+        assert re.fullmatch(r"\d+\.\d{3} \(\d+\.\d{3}–\d+\.\d{3}\) ms", p99), (name, p99)
+        assert 0 < direct_p99 and 0 < float(p99.split()[0]) < 100, (name, p99)
         assert re.fullmatch(r"\d+ \(\d+–\d+\) µs", cpu), (name, cpu)
 
 
