@@ -233,18 +233,35 @@ static const char *user_name(int i, char *out, size_t n)
     return out;
 }
 
+/* Samples are kept as microseconds in uint32_t arrays that grow by doubling. */
+static uint32_t as_us(double secs)
+{
+    double us = secs * 1e6;
+    return us < 0 ? 0 : us > 4e9 ? 4000000000u : (uint32_t)us;
+}
+
+static size_t grown_capacity(size_t cap)
+{
+    return cap ? cap * 2 : 65536;
+}
+
+static uint32_t *resized(uint32_t *a, size_t cap)
+{
+    a = realloc(a, cap * sizeof *a);
+    if (!a) die("out of memory");
+    return a;
+}
+
 static void record_latency(double t0, double t1, double window_start, double window_end)
 {
     done_total++;
     if (t1 < window_start || t1 > window_end) return;
     done_window++;
     if (nlat == caplat) {
-        caplat = caplat ? caplat * 2 : 65536;
-        lat = realloc(lat, caplat * sizeof *lat);
-        if (!lat) die("out of memory");
+        caplat = grown_capacity(caplat);
+        lat = resized(lat, caplat);
     }
-    double us = (t1 - t0) * 1e6;
-    lat[nlat++] = us > 4e9 ? 4000000000u : (uint32_t)us;
+    lat[nlat++] = as_us(t1 - t0);
 }
 
 /* Handle one complete line for a connection in a login/idle mode. Returns 1 when the
@@ -316,16 +333,13 @@ static void record_phases(const struct conn *c, double t_end)
 {
     if (c->t_ok < g_wstart || c->t_ok > g_wend) return;
     if (nphase == capphase) {
-        capphase = capphase ? capphase * 2 : 65536;
-        for (int i = 0; i < 3; i++) {
-            phase[i] = realloc(phase[i], capphase * sizeof *phase[i]);
-            if (!phase[i]) die("out of memory");
-        }
+        capphase = grown_capacity(capphase);
+        for (int i = 0; i < 3; i++)
+            phase[i] = resized(phase[i], capphase);
     }
-    double us[3] = {(c->t_greet - c->t_start) * 1e6, (c->t_ok - c->t_greet) * 1e6,
-                    (t_end - c->t_ok) * 1e6};
-    for (int i = 0; i < 3; i++)
-        phase[i][nphase] = us[i] < 0 ? 0 : us[i] > 4e9 ? 4000000000u : (uint32_t)us[i];
+    phase[0][nphase] = as_us(c->t_greet - c->t_start);
+    phase[1][nphase] = as_us(c->t_ok - c->t_greet);
+    phase[2][nphase] = as_us(t_end - c->t_ok);
     nphase++;
 }
 
